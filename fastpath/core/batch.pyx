@@ -1,0 +1,94 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Packet batches: the unit of work of every engine call and of TUN I/O."""
+import numpy as np
+cimport numpy as cnp
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memcpy
+
+cnp.import_array()
+
+DEFAULT_MAX_PACKET = 2048
+
+
+cdef class Batch:
+    """`capacity` slots of HEADROOM + max_packet + TAILROOM bytes each.
+
+    Input packets start at offset HEADROOM; the engine moves the offset and
+    length as it prepends or strips headers, and sets a verdict per packet.
+    All arrays are numpy views on one allocation: no Python object per packet
+    on the hot path."""
+
+    def __cinit__(self, int capacity=64, int max_packet=DEFAULT_MAX_PACKET):
+        if capacity < 1 or max_packet < 64:
+            raise ValueError("batch capacity must be >= 1 and max_packet >= 64")
+        self.capacity = capacity
+        self.max_packet = max_packet
+        self.slot_size = (HEADROOM + max_packet + TAILROOM + 63) & ~63
+        self.data = np.zeros((capacity, self.slot_size), dtype=np.uint8)
+        self.offsets = np.full(capacity, HEADROOM, dtype=np.int32)
+        self.lengths = np.zeros(capacity, dtype=np.int32)
+        self.verdicts = np.zeros(capacity, dtype=np.uint8)
+        self.reasons = np.zeros(capacity, dtype=np.uint8)
+        self.sa_index = np.full(capacity, -1, dtype=np.int32)
+        self.ivs = np.zeros((capacity, 16), dtype=np.uint8)
+        self.c_data = <uint8_t *>cnp.PyArray_DATA(self.data)
+        self.c_off = <int32_t *>cnp.PyArray_DATA(self.offsets)
+        self.c_len = <int32_t *>cnp.PyArray_DATA(self.lengths)
+        self.c_verdict = <uint8_t *>cnp.PyArray_DATA(self.verdicts)
+        self.c_reason = <uint8_t *>cnp.PyArray_DATA(self.reasons)
+        self.c_sa = <int32_t *>cnp.PyArray_DATA(self.sa_index)
+        self.c_iv = <uint8_t *>cnp.PyArray_DATA(self.ivs)
+        self.count = 0
+
+    @property
+    def headroom(self):
+        return HEADROOM
+
+    def set(self, int i, const uint8_t[::1] packet):
+        """Put one packet in slot i (it becomes part of the batch if i >= count)."""
+        cdef Py_ssize_t n = packet.shape[0]
+        if i < 0 or i >= self.capacity:
+            raise IndexError(i)
+        if n > self.max_packet:
+            raise ValueError(f"packet of {n} bytes exceeds the slot ({self.max_packet})")
+        self.c_off[i] = HEADROOM
+        self.c_len[i] = <int32_t>n
+        self.c_verdict[i] = 0
+        self.c_reason[i] = 0
+        self.c_sa[i] = -1
+        if n:
+            memcpy(self.c_data + <Py_ssize_t>i * self.slot_size + HEADROOM, &packet[0], n)
+        if i >= self.count:
+            self.count = i + 1
+
+    def load(self, packets):
+        """Fill the batch from a sequence of bytes-like packets."""
+        cdef int i = 0
+        if len(packets) > self.capacity:
+            raise ValueError(f"{len(packets)} packets for a batch of {self.capacity}")
+        self.count = 0
+        for p in packets:
+            self.set(i, p)
+            i += 1
+        self.count = i
+
+    def set_iv(self, int i, const uint8_t[::1] iv):
+        if iv.shape[0] != 16:
+            raise ValueError("CBC IVs are 16 bytes")
+        memcpy(self.c_iv + i * 16, &iv[0], 16)
+
+    def get(self, int i):
+        """Slot i's current packet as bytes (b'' when dropped)."""
+        if i < 0 or i >= self.count:
+            raise IndexError(i)
+        if self.c_verdict[i] == 0 and self.c_reason[i] != 0:
+            return b""
+        return PyBytes_FromStringAndSize(
+            <const char *>self.c_data + <Py_ssize_t>i * self.slot_size + self.c_off[i],
+            self.c_len[i])
+
+    def results(self):
+        """[(verdict, reason, bytes)] for the packets of the batch (tests, replay)."""
+        return [(int(self.c_verdict[i]), int(self.c_reason[i]), self.get(i))
+                for i in range(self.count)]

@@ -1,0 +1,571 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The per-worker engine: classify -> frame -> crypto -> verdict, one batch
+at a time, with the GIL released for the whole batch.
+
+encap(): packets read on the home side, to be tunnelled to mobile nodes.
+decap(): packets read on the wire side (ESP, IPv6-in-IPv6, anything else).
+The rules are docs/engine-semantics.md; fastpath/ref/engine.py is the
+pure-Python twin used as the test oracle.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memmove, memcmp, memset
+
+from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM
+from fastpath.core.esp cimport (fp_job, fp_keys, CryptoWorker, KIND_GCM, KIND_CBC_HMAC,
+                                KIND_NULL_HMAC)
+from fastpath.core.sad cimport *
+from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit
+from fastpath.core.includes.atomic cimport *
+from fastpath.core.includes.openssl cimport RAND_bytes
+
+from fastpath.verdicts import REASON_NAMES, Verdict
+
+cdef enum:
+    V_DROP = 0
+    V_TO_WIRE = 1
+    V_TO_HOME = 2
+    V_PUNT = 3
+    V_BINDING = 4
+    N_VERDICTS = 5
+    R_NONE = 0
+    R_UNKNOWN_SPI = 1
+    R_REPLAY = 2
+    R_ICV = 3
+    R_BAD_PADDING = 4
+    R_POLICY = 5
+    R_MALFORMED = 6
+    R_NO_BINDING = 7
+    R_TOO_BIG = 8
+    R_SEQ_EXHAUSTED = 9
+    R_DUMMY = 10
+    MAX_EXT_HEADERS = 8
+    BINDING_MAX = 1280      # largest decapsulated BU/MH packet handed to the control plane
+    RND_BYTES = 16384       # CBC IVs drawn in bulk
+
+
+cdef struct fp_binding_rec:
+    int32_t slot
+    int32_t sa
+    int32_t length
+    int32_t mh_offset
+    uint64_t seq
+    uint8_t data[BINDING_MAX]
+
+
+cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+cdef inline void wr16(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 8)
+    p[1] = <uint8_t>v
+
+cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline bint ipv6_ok(const uint8_t *p, int32_t n) noexcept nogil:
+    """A whole IPv6 packet: version 6 and payload length matching."""
+    return n >= 40 and (p[0] >> 4) == 6 and 40 + <int32_t>rd16(p + 4) == n
+
+
+cdef inline bint is_home_test(const uint8_t *p, int32_t n) noexcept nogil:
+    """Inner packet is a Home Test (MH type 3), found through the chain."""
+    cdef int32_t off = 40
+    cdef uint8_t nh = p[6]
+    cdef int i
+    for i in range(MAX_EXT_HEADERS):
+        if nh == 135:
+            return off + 3 <= n and p[off + 2] == 3
+        if nh != 0 and nh != 43 and nh != 60:
+            return False
+        if off + 2 > n:
+            return False
+        nh = p[off]
+        off += (<int32_t>p[off + 1] + 1) * 8
+    return False
+
+
+cdef class Engine:
+    """One worker's engine over a shared SADatabase.
+
+    Not thread-safe: give each worker thread its own Engine (own crypto
+    contexts, own ipsec-mb manager, own random buffer, own counters)."""
+    cdef SADatabase sad
+    cdef fp_sad *t
+    cdef CryptoWorker crypto
+    cdef readonly int worker
+    cdef readonly str backend
+    cdef int max_jobs
+    cdef fp_job *jobs
+    cdef fp_binding_rec *bindings
+    cdef int n_bindings
+    cdef uint8_t *rnd
+    cdef int rnd_pos
+    cdef public bint fixed_ivs          # take CBC IVs from batch.ivs (tests)
+    cdef uint64_t drops[N_REASONS]
+    cdef uint64_t verdicts[N_VERDICTS]
+
+    def __cinit__(self, SADatabase sad not None, str backend="auto", int max_batch=256):
+        from fastpath.core.esp import ipsecmb_available
+        if backend == "auto":
+            backend = "ipsecmb" if (sad.ipsecmb_keys and ipsecmb_available()) else "openssl"
+        if backend == "ipsecmb" and not sad.ipsecmb_keys:
+            raise RuntimeError("the ipsec-mb backend needs an SADatabase built with ipsecmb=True "
+                               "on a build that links intel-ipsec-mb")
+        self.sad = sad
+        self.t = &sad.t
+        self.backend = backend
+        self.crypto = CryptoWorker(sad.t.cap_sas, backend)
+        self.max_jobs = max_batch
+        self.jobs = <fp_job *>calloc(max_batch, sizeof(fp_job))
+        self.bindings = <fp_binding_rec *>calloc(max_batch, sizeof(fp_binding_rec))
+        self.rnd = <uint8_t *>malloc(RND_BYTES)
+        if self.jobs == NULL or self.bindings == NULL or self.rnd == NULL:
+            raise MemoryError()
+        self.rnd_pos = RND_BYTES
+        self.worker = sad.register_worker()
+
+    def __dealloc__(self):
+        if self.sad is not None:
+            self.sad.unregister_worker(self.worker)
+        free(self.jobs)
+        free(self.bindings)
+        free(self.rnd)
+
+    cdef int _reserve(self, Batch b) except -1:
+        if b.count > self.max_jobs:
+            free(self.jobs)
+            free(self.bindings)
+            self.jobs = <fp_job *>calloc(b.count, sizeof(fp_job))
+            self.bindings = <fp_binding_rec *>calloc(b.count, sizeof(fp_binding_rec))
+            if self.jobs == NULL or self.bindings == NULL:
+                self.max_jobs = 0
+                raise MemoryError()
+            self.max_jobs = b.count
+        return 0
+
+    # -- public entry points ------------------------------------------------
+    def encap(self, Batch b not None):
+        """Tunnel a batch read on the home side. Sets verdicts in place."""
+        self._reserve(b)
+        with nogil:
+            fp_epoch_bump(&self.t.epochs[self.worker].value)
+            self._encap(b)
+            fp_epoch_bump(&self.t.epochs[self.worker].value)
+
+    def decap(self, Batch b not None):
+        """Open a batch read on the wire side. Sets verdicts in place; BINDING
+        verdicts can be taken with take_bindings() until the next decap."""
+        self._reserve(b)
+        with nogil:
+            fp_epoch_bump(&self.t.epochs[self.worker].value)
+            self._decap(b)
+            fp_epoch_bump(&self.t.epochs[self.worker].value)
+
+    def take_bindings(self):
+        """The authenticated Mobility Headers of the last decap, as
+        [(slot, VerifiedBinding)]. Each is issued once."""
+        cdef int i
+        cdef fp_binding_rec *r
+        out = []
+        for i in range(self.n_bindings):
+            r = &self.bindings[i]
+            out.append((r.slot, issue_binding(self.t.sas[r.sa].mn, &self.t.sas[r.sa], r.seq,
+                                              r.data, r.length, r.mh_offset)))
+        self.n_bindings = 0
+        return out
+
+    def counters(self):
+        """This worker's totals: drops by reason and packets by verdict."""
+        return {
+            "drops": {REASON_NAMES[r]: self.drops[r] for r in range(1, N_REASONS)},
+            "verdicts": {Verdict(v).name.lower(): self.verdicts[v] for v in range(N_VERDICTS)},
+        }
+
+    # -- helpers ------------------------------------------------------------
+    cdef inline void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil:
+        b.c_verdict[i] = v
+        b.c_reason[i] = reason
+        b.c_sa[i] = sa
+        self.verdicts[v] += 1
+        if reason:
+            self.drops[reason] += 1
+            if sa >= 0:
+                fp_add_u64(&self.t.hot[sa].drops[reason], 1)
+
+    cdef inline bint _slot_ok(self, Batch b, int i) noexcept nogil:
+        # offsets/lengths are numpy arrays Python can write: never trust them.
+        cdef int32_t off = b.c_off[i]
+        cdef int32_t n = b.c_len[i]
+        return off >= HEADROOM and n >= 0 and off + n <= b.slot_size - TAILROOM
+
+    cdef inline void _iv(self, Batch b, int i, uint8_t *dst) noexcept nogil:
+        if self.fixed_ivs:
+            memcpy(dst, b.c_iv + i * 16, 16)
+            return
+        if self.rnd_pos + 16 > RND_BYTES:
+            RAND_bytes(self.rnd, RND_BYTES)
+            self.rnd_pos = 0
+        memcpy(dst, self.rnd + self.rnd_pos, 16)
+        self.rnd_pos += 16
+
+    # -- outbound -------------------------------------------------------------
+    cdef void _encap(self, Batch b) noexcept nogil:
+        cdef int i, k, nj = 0
+        cdef int32_t n, m, e, s, padded, pad, esp_len, hl
+        cdef uint8_t *p
+        cdef uint8_t *esp
+        cdef uint8_t *outer
+        cdef fp_sa *sa
+        cdef fp_keys *kk
+        cdef fp_job *j
+        cdef uint64_t seq
+        cdef fp_mn *mn
+        for i in range(b.count):
+            if not self._slot_ok(b, i):
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
+            n = b.c_len[i]
+            if not ipv6_ok(p, n):
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            m = sad_find_mn(self.t, p + 24)
+            if m < 0:
+                self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+                continue
+            mn = &self.t.mns[m]
+            e = fp_load_acq_i32(&mn.ep)      # one read per packet: old or new, never torn
+            if e < 0:
+                self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+                continue
+            s = mn.sa[PURPOSE_PAYLOAD][DIR_OUT]
+            if mn.sa[PURPOSE_RR][DIR_OUT] >= 0 and is_home_test(p, n):
+                s = mn.sa[PURPOSE_RR][DIR_OUT]
+            if s < 0:
+                # Plain IPv6-in-IPv6 (RFC 2473).
+                if 40 + n > <int32_t>self.t.mtu:
+                    self._verdict(b, i, V_DROP, R_TOO_BIG, -1)
+                    continue
+                outer = p - 40
+                memcpy(outer, self.t.eps[e].hdr, 40)
+                wr16(outer + 4, n)
+                outer[6] = 41
+                b.c_off[i] -= 40
+                b.c_len[i] = n + 40
+                self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
+                continue
+            sa = &self.t.sas[s]
+            kk = sa.keys
+            padded = (n + 2 + kk.align - 1) & ~(kk.align - 1)
+            pad = padded - n - 2
+            esp_len = 8 + kk.iv_len + padded + kk.icv_len
+            if 40 + esp_len > <int32_t>self.t.mtu:
+                self._verdict(b, i, V_DROP, R_TOO_BIG, s)
+                continue
+            seq = fp_add_fetch_u64(&self.t.hot[s].seq, 1)
+            if seq > fp_load_u64(&self.t.hot[s].seq_limit):
+                self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
+                continue
+            hl = 8 + kk.iv_len
+            esp = p - hl
+            outer = esp - 40
+            j = &self.jobs[nj]
+            nj += 1
+            j.slot = i
+            j.sa = s
+            j.keys = kk
+            j.seq = seq
+            j.esp = esp
+            j.ct = p
+            j.ct_len = padded
+            j.icv = p + padded
+            j.iv = esp + 8
+            wr32(esp, sa.spi)
+            wr32(esp + 4, <uint32_t>seq)
+            # trailer: padding 1,2,3,... then pad length and next header (41: IPv6)
+            for k in range(pad):
+                p[n + k] = <uint8_t>(k + 1)
+            p[n + pad] = <uint8_t>pad
+            p[n + pad + 1] = 41
+            j.auth_len = hl + padded
+            if kk.kind == KIND_GCM:
+                # explicit IV = the 64-bit sequence number: unique under the key
+                wr32(esp + 8, <uint32_t>(seq >> 32))
+                wr32(esp + 12, <uint32_t>seq)
+                memcpy(j.nonce, kk.salt, 4)
+                memcpy(j.nonce + 4, esp + 8, 8)
+                wr32(j.aad, sa.spi)
+                if sa.esn:
+                    wr32(j.aad + 4, <uint32_t>(seq >> 32))
+                    wr32(j.aad + 8, <uint32_t>seq)
+                    j.aad_len = 12
+                else:
+                    wr32(j.aad + 4, <uint32_t>seq)
+                    j.aad_len = 8
+            else:
+                if kk.kind == KIND_CBC_HMAC:
+                    self._iv(b, i, esp + 8)
+                if sa.esn:
+                    # ESN: the ICV covers the high half, placed where the ICV goes
+                    wr32(j.icv, <uint32_t>(seq >> 32))
+                    j.auth_len += 4
+            memcpy(outer, self.t.eps[e].hdr, 40)
+            wr16(outer + 4, esp_len)
+            outer[6] = 50
+            b.c_off[i] -= 40 + hl
+            b.c_len[i] = 40 + esp_len
+            b.c_sa[i] = s
+            # length of the inner packet, for the SA's byte counter
+            b.c_reason[i] = 0
+            b.c_verdict[i] = V_TO_WIRE
+        if nj == 0:
+            return
+        self.crypto.seal(self.jobs, nj)
+        for k in range(nj):
+            j = &self.jobs[k]
+            if not j.ok:
+                self._verdict(b, j.slot, V_DROP, R_MALFORMED, j.sa)
+                continue
+            self.verdicts[V_TO_WIRE] += 1
+            fp_add_u64(&self.t.hot[j.sa].packets, 1)
+            fp_add_u64(&self.t.hot[j.sa].bytes,
+                       <uint64_t>(j.ct_len - 2 - j.ct[j.ct_len - 2]))
+
+    # -- inbound ----------------------------------------------------------------
+    cdef void _decap(self, Batch b) noexcept nogil:
+        cdef int i, k, cnt, nj = 0
+        cdef int32_t n, off, hl, o, ol, nh_pos, s, ct_len, esp_len, plen, padlen
+        cdef uint8_t nh, nxt
+        cdef uint8_t *p
+        cdef uint8_t *inner
+        cdef const uint8_t *hoa
+        cdef fp_sa *sa
+        cdef fp_keys *kk
+        cdef fp_job *j
+        cdef fp_mn *mn
+        cdef int32_t m, e
+        cdef uint64_t seq
+        cdef bint bad
+        self.n_bindings = 0
+        for i in range(b.count):
+            if not self._slot_ok(b, i):
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
+            n = b.c_len[i]
+            if not ipv6_ok(p, n):
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            # Walk the extension chain: hop-by-hop, routing, destination options.
+            nh = p[6]
+            nh_pos = 6
+            off = 40
+            hoa = NULL
+            bad = False
+            cnt = 0
+            while nh == 0 or nh == 43 or nh == 60:
+                if cnt == MAX_EXT_HEADERS or off + 8 > n:
+                    bad = True
+                    break
+                hl = (<int32_t>p[off + 1] + 1) * 8
+                if off + hl > n:
+                    bad = True
+                    break
+                if nh == 60:
+                    o = off + 2
+                    while o < off + hl:
+                        if p[o] == 0:          # Pad1
+                            o += 1
+                            continue
+                        if o + 2 > off + hl:
+                            bad = True
+                            break
+                        ol = p[o + 1]
+                        if o + 2 + ol > off + hl:
+                            bad = True
+                            break
+                        if p[o] == 201 and ol == 16:
+                            hoa = p + o + 2   # Home Address option (RFC 6275 §6.3)
+                        o += 2 + ol
+                    if bad:
+                        break
+                nh_pos = off
+                nh = p[off]
+                off += hl
+                cnt += 1
+            if bad:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            if nh == 50:
+                esp_len = n - off
+                if esp_len < 8:
+                    self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                    continue
+                s = sad_find_spi(self.t, rd32(p + off))
+                if s < 0:
+                    self._verdict(b, i, V_DROP, R_UNKNOWN_SPI, -1)
+                    continue
+                sa = &self.t.sas[s]
+                kk = sa.keys
+                ct_len = esp_len - 8 - kk.iv_len - kk.icv_len
+                if ct_len < 2 or (ct_len & (kk.align - 1)) != 0:
+                    self._verdict(b, i, V_DROP, R_MALFORMED, s)
+                    continue
+                if sa.esn:
+                    seq = esn_infer(fp_load_u64(&self.t.hot[s].seq), rd32(p + off + 4), sa.window)
+                else:
+                    seq = rd32(p + off + 4)
+                if not replay_fresh(sa, fp_load_u64(&self.t.hot[s].seq), seq):
+                    self._verdict(b, i, V_DROP, R_REPLAY, s)
+                    continue
+                j = &self.jobs[nj]
+                nj += 1
+                j.slot = i
+                j.sa = s
+                j.keys = kk
+                j.seq = seq
+                j.esp_off = off
+                j.nh_pos = nh_pos
+                j.hoa = hoa
+                j.esp = p + off
+                j.iv = j.esp + 8
+                j.ct = j.iv + kk.iv_len
+                j.ct_len = ct_len
+                j.icv = j.ct + ct_len
+                memcpy(j.rx_icv, j.icv, kk.icv_len)
+                j.auth_len = 8 + kk.iv_len + ct_len
+                if kk.kind == KIND_GCM:
+                    memcpy(j.nonce, kk.salt, 4)
+                    memcpy(j.nonce + 4, j.iv, 8)
+                    memcpy(j.aad, j.esp, 4)
+                    if sa.esn:
+                        wr32(j.aad + 4, <uint32_t>(seq >> 32))
+                        memcpy(j.aad + 8, j.esp + 4, 4)
+                        j.aad_len = 12
+                    else:
+                        memcpy(j.aad + 4, j.esp + 4, 4)
+                        j.aad_len = 8
+                elif sa.esn:
+                    wr32(j.icv, <uint32_t>(seq >> 32))
+                    j.auth_len += 4
+                continue
+            if nh == 41:
+                self._plain(b, i, p, n, off)
+                continue
+            # Fragments, Mobility Header in the clear, ICMPv6, ...: control plane.
+            self._verdict(b, i, V_PUNT, R_NONE, -1)
+        if nj == 0:
+            return
+        self.crypto.open(self.jobs, nj)
+        for k in range(nj):
+            self._finish_open(b, &self.jobs[k])
+
+    cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil:
+        # IPv6-in-IPv6 without ESP: the outer source must be the registered CoA
+        # of the inner source's home address (RFC 6275 §10.4.5).
+        cdef uint8_t *inner = p + off
+        cdef int32_t m, e
+        cdef fp_mn *mn
+        if not ipv6_ok(inner, n - off):
+            self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+            return
+        m = sad_find_mn(self.t, inner + 8)
+        if m < 0:
+            self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+            return
+        mn = &self.t.mns[m]
+        if mn.sa[PURPOSE_PAYLOAD][DIR_IN] >= 0:
+            self._verdict(b, i, V_DROP, R_POLICY, -1)     # its payload must come under ESP
+            return
+        e = fp_load_acq_i32(&mn.ep)
+        if e < 0:
+            self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+            return
+        if memcmp(p + 8, self.t.eps[e].hdr + 24, 16) != 0:
+            self._verdict(b, i, V_DROP, R_POLICY, -1)
+            return
+        b.c_off[i] += off
+        b.c_len[i] = n - off
+        self._verdict(b, i, V_TO_HOME, R_NONE, -1)
+
+    cdef void _finish_open(self, Batch b, fp_job *j) noexcept nogil:
+        cdef int i = j.slot
+        cdef int32_t s = j.sa
+        cdef fp_sa *sa = &self.t.sas[s]
+        cdef int32_t padlen, plen, k, hl, newlen
+        cdef uint8_t nxt
+        cdef uint8_t *p
+        cdef uint8_t *q
+        cdef fp_binding_rec *r
+        if not j.ok:
+            self._verdict(b, i, V_DROP, R_ICV, s)
+            return
+        padlen = j.ct[j.ct_len - 2]
+        nxt = j.ct[j.ct_len - 1]
+        if padlen + 2 > <int32_t>j.ct_len:
+            self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
+            return
+        plen = j.ct_len - 2 - padlen
+        for k in range(padlen):
+            if j.ct[plen + k] != <uint8_t>(k + 1):
+                self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
+                return
+        if not replay_commit(sa, &self.t.hot[s], j.seq):
+            self._verdict(b, i, V_DROP, R_REPLAY, s)
+            return
+        if nxt == 59:
+            self._verdict(b, i, V_DROP, R_DUMMY, s)
+            return
+        if sa.mode == MODE_TUNNEL:
+            if nxt != 41 or not ipv6_ok(j.ct, plen):
+                self._verdict(b, i, V_DROP, R_MALFORMED, s)
+                return
+            if memcmp(j.ct + 8, sa.hoa, 16) != 0:
+                self._verdict(b, i, V_DROP, R_POLICY, s)    # RFC 4301 inbound selector
+                return
+            b.c_off[i] = <int32_t>(j.ct - (b.c_data + <Py_ssize_t>i * b.slot_size))
+            b.c_len[i] = plen
+        else:
+            # Transport mode (binding SA): the HAO must name this SA's mobile node.
+            if j.hoa == NULL or memcmp(j.hoa, sa.hoa, 16) != 0:
+                self._verdict(b, i, V_DROP, R_POLICY, s)
+                return
+            if nxt != 135:
+                self._verdict(b, i, V_DROP, R_MALFORMED, s)
+                return
+            hl = 8 + sa.keys.iv_len
+            newlen = j.esp_off + plen
+            if newlen > BINDING_MAX:
+                self._verdict(b, i, V_DROP, R_MALFORMED, s)
+                return
+            # Remove ESP: slide the IPv6 header chain up against the payload.
+            p = j.esp - j.esp_off
+            q = p + hl
+            memmove(q, p, j.esp_off)
+            q[j.nh_pos] = 135
+            wr16(q + 4, newlen - 40)
+            b.c_off[i] += hl
+            b.c_len[i] = newlen
+            r = &self.bindings[self.n_bindings]
+            self.n_bindings += 1
+            r.slot = i
+            r.sa = s
+            r.seq = j.seq
+            r.length = newlen
+            r.mh_offset = j.esp_off
+            memcpy(r.data, q, newlen)
+            fp_add_u64(&self.t.hot[s].packets, 1)
+            fp_add_u64(&self.t.hot[s].bytes, <uint64_t>plen)
+            self._verdict(b, i, V_BINDING, R_NONE, s)
+            return
+        fp_add_u64(&self.t.hot[s].packets, 1)
+        fp_add_u64(&self.t.hot[s].bytes, <uint64_t>plen)
+        self._verdict(b, i, V_TO_HOME, R_NONE, s)

@@ -1,0 +1,36 @@
+/* Atomics the SA table needs, as inline functions Cython can call.
+ * Endpoint swaps are one release-store of an index; workers read it with an
+ * acquire-load, so a worker sees either the old or the new endpoint record,
+ * never a torn one (records are immutable once published). */
+#ifndef FP_ATOMIC_H
+#define FP_ATOMIC_H
+#include <stdint.h>
+#include <time.h>
+
+static inline int32_t fp_load_acq_i32(const int32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fp_store_rel_i32(int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t fp_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void fp_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t fp_add_fetch_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
+static inline void fp_add_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+
+/* Quiescent-state epochs: odd while a worker is inside a batch. Sequentially
+ * consistent so that a writer's pointer store and its later epoch read are
+ * ordered against the worker's epoch increment and its pointer loads. */
+static inline uint64_t fp_epoch_bump(uint64_t *p) { return __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST); }
+static inline uint64_t fp_epoch_read(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline void fp_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+/* A tiny spinlock for the per-SA replay window (held for a few instructions). */
+static inline void fp_spin_lock(int32_t *l) {
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(l, __ATOMIC_RELAXED)) __builtin_ia32_pause();
+    }
+}
+static inline void fp_spin_unlock(int32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
+static inline void fp_sleep_us(long us) {
+    struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
+    nanosleep(&ts, 0);
+}
+#endif

@@ -1,0 +1,145 @@
+# The Security Association Database and binding table, as C structs.
+#
+# One table holds every SA. Each SA has a cold record (keys, selectors,
+# config: read-only once added) and a hot record on its own cache lines
+# (sequence counter, replay state, counters: written per packet). Mobile
+# nodes point at their SAs and at an *endpoint*: an immutable record with the
+# CoA and the prebuilt outer IPv6 header. Moving a binding publishes a new
+# endpoint index with one release-store; workers acquire-load it once per
+# packet, so they see the old or the new record, never a mix.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
+from libc.string cimport memcmp, memcpy
+from fastpath.core.esp cimport fp_keys
+from fastpath.core.includes.atomic cimport fp_load_acq_i32
+
+cdef enum:
+    N_REASONS = 11        # fastpath/verdicts.py Reason
+    MAX_WORKERS = 64
+    N_PURPOSES = 4
+    PURPOSE_BINDING = 0
+    PURPOSE_RR = 1        # return-routability
+    PURPOSE_PAYLOAD = 2
+    PURPOSE_PD = 3        # prefix-discovery
+    DIR_IN = 0
+    DIR_OUT = 1
+    MODE_TRANSPORT = 0
+    MODE_TUNNEL = 1
+
+cdef struct fp_endpoint:
+    uint8_t hdr[40]       # outer IPv6 header template: src = HA, dst (bytes 24..39) = CoA
+    int32_t next_free     # free-list link, control thread only
+
+cdef struct fp_sa_hot:
+    uint64_t seq          # out: last sequence number used; in: highest accepted (T)
+    uint64_t seq_limit    # out: highest number this process may use (crash-safe reservation)
+    uint64_t packets
+    uint64_t bytes
+    uint64_t drops[N_REASONS]
+    int32_t lock          # guards the replay bitmap on commit
+    uint8_t _pad[4]
+
+cdef struct fp_sa:
+    uint32_t spi
+    uint8_t direction
+    uint8_t mode
+    uint8_t purpose
+    uint8_t esn
+    uint32_t window       # replay window in packets, 0 = off
+    uint32_t nbits        # bitmap size, a power of two >= window
+    uint64_t *bitmap
+    int32_t mn
+    uint8_t hoa[16]
+    fp_keys *keys
+
+cdef struct fp_mn:
+    uint8_t hoa[16]
+    int32_t ep            # endpoint index, -1 = no binding (atomic)
+    int32_t sa[N_PURPOSES][2]   # [purpose][direction] -> SA index or -1
+
+cdef struct fp_epoch:
+    uint64_t value        # odd while the worker is inside a batch
+    uint64_t active
+    uint8_t _pad[48]
+
+cdef struct fp_sad:
+    fp_sa *sas
+    fp_sa_hot *hot
+    int32_t n_sas
+    int32_t cap_sas
+    fp_mn *mns
+    int32_t n_mns
+    int32_t cap_mns
+    uint32_t *spi_keys    # open addressing, inbound SPIs; 0 = empty (SPIs 0..255 are reserved)
+    int32_t *spi_vals
+    uint32_t spi_mask
+    int32_t *mn_slots     # open addressing on HoA -> MN index; -1 = empty
+    uint32_t mn_mask
+    fp_endpoint *eps
+    int32_t cap_eps
+    int32_t free_ep
+    fp_epoch *epochs
+    uint8_t ha[16]
+    uint32_t mtu
+
+
+cdef inline uint64_t hoa_hash(const uint8_t *a) noexcept nogil:
+    cdef uint64_t hi, lo, x
+    memcpy(&hi, a, 8)
+    memcpy(&lo, a + 8, 8)
+    x = (lo ^ (hi * <uint64_t>0x9E3779B97F4A7C15)) * <uint64_t>0xBF58476D1CE4E5B9
+    return x ^ (x >> 31)
+
+
+cdef inline int32_t sad_find_mn(const fp_sad *t, const uint8_t *hoa) noexcept nogil:
+    """HoA -> mobile node index, or -1. O(1) expected."""
+    cdef uint32_t i = <uint32_t>hoa_hash(hoa) & t.mn_mask
+    cdef int32_t m
+    while True:
+        m = fp_load_acq_i32(&t.mn_slots[i])
+        if m < 0:
+            return -1
+        if memcmp(t.mns[m].hoa, hoa, 16) == 0:
+            return m
+        i = (i + 1) & t.mn_mask
+
+
+cdef inline int32_t sad_find_spi(const fp_sad *t, uint32_t spi) noexcept nogil:
+    """Inbound SPI -> SA index, or -1. O(1) expected."""
+    cdef uint32_t i = (spi * <uint32_t>0x9E3779B1) & t.spi_mask
+    cdef uint32_t k
+    while True:
+        k = t.spi_keys[i]
+        if k == spi:
+            return fp_load_acq_i32(&t.spi_vals[i])
+        if k == 0:
+            return -1
+        i = (i + 1) & t.spi_mask
+
+
+cdef class VerifiedBinding:
+    """A Mobility Header that arrived on a mobile node's binding SA with a
+    valid ICV, a fresh ESP sequence number and a HAO equal to the SA's HoA.
+
+    Only the engine issues these (Python code cannot construct one), and it
+    is the only thing SADatabase.move() accepts: no other path moves an SA."""
+    cdef readonly bytes home_address
+    cdef readonly bytes source          # outer source address (the CoA unless an Alternate CoA says otherwise)
+    cdef readonly bytes packet          # IPv6 header chain + MH, ESP removed
+    cdef readonly int mh_offset         # where the Mobility Header starts in packet
+    cdef readonly uint32_t spi
+    cdef readonly uint64_t esp_seq
+    cdef int32_t mn
+    cdef bint used
+
+
+cdef VerifiedBinding issue_binding(int32_t mn, const fp_sa *sa, uint64_t seq,
+                                   const uint8_t *pkt, int length, int mh_offset)
+
+
+cdef class SADatabase:
+    cdef fp_sad t
+    cdef object _mb_keymgr          # holds the key-setup manager alive (capsule-less: see .pyx)
+    cdef void *mb                   # intel-ipsec-mb manager used only to prepare key data
+    cdef list _retired              # endpoint indices waiting for a grace period
+    cdef int32_t _alloc_endpoint(self, const uint8_t *coa) except -2
+    cdef int _publish(self, int32_t mn, const uint8_t *coa) except -1
