@@ -1,0 +1,312 @@
+"""RefEngine: the pure-Python twin of the Cython engine.
+
+It follows the Outbound/Inbound steps of docs/engine-semantics.md one by
+one, slowly and plainly, so that the compiled engine can be checked
+against it packet by packet: same verdict, same reason, same bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastpath.algorithms import Algorithm
+from fastpath.ref import ipv6
+from fastpath.ref.esp import EspDrop, RefSA, ReplayWindow, parse_header
+from fastpath.ref.ipv6 import (NH_DSTOPTS, NH_ESP, NH_IPV6, NH_MH, NH_NONE,
+                               NH_ROUTING, ChainError, addr, ipv6_header,
+                               walk_chain, well_formed)
+from fastpath.verdicts import REASON_NAMES, Reason, Verdict
+
+TUNNEL = "tunnel"
+TRANSPORT = "transport"
+
+# Mode follows purpose (RFC 3776 §4, SPEC §5).
+PURPOSES = {
+    "binding": TRANSPORT,
+    "return-routability": TUNNEL,
+    "payload": TUNNEL,
+    "prefix-discovery": TRANSPORT,
+}
+DIRECTIONS = ("in", "out")
+
+MH_HOME_TEST = 3
+OUTER_HOP_LIMIT = 64
+
+DROP_REASONS = [name for name in REASON_NAMES if name != "none"]
+VERDICT_NAMES = [v.name.lower() for v in Verdict]
+
+Result = tuple[Verdict, Reason, bytes]
+
+
+def _sa_counters() -> dict:
+    return {"packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0,
+            "drops": {name: 0 for name in DROP_REASONS}}
+
+
+@dataclass
+class SaEntry:
+    """One SA of the table: the transform plus what the engine keeps with it."""
+    purpose: str
+    direction: str
+    hoa: bytes
+    esp: RefSA
+    seq: int = 0    # last sequence number sealed (out: the engine's counter)
+
+    @property
+    def spi(self) -> int:
+        return self.esp.spi
+
+    @property
+    def mode(self) -> str:
+        return PURPOSES[self.purpose]
+
+    @property
+    def replay(self) -> ReplayWindow:
+        return self.esp.replay
+
+    def next_seq(self) -> int:
+        """The sequence number the next packet would carry; EspDrop when
+        the counter may not advance (2^32-1 without ESN, 2^64-1 with)."""
+        if self.seq >= self.esp.max_seq:
+            raise EspDrop(Reason.SEQ_EXHAUSTED)
+        return self.seq + 1
+
+
+@dataclass
+class MobileNode:
+    hoa: bytes
+    coa: bytes | None
+    sas: dict[tuple[str, str], SaEntry] = field(default_factory=dict)
+
+
+class RefEngine:
+    def __init__(self, ha_address: bytes, mtu: int):
+        self.ha_address = addr(ha_address)
+        self.mtu = mtu
+        self._mns: dict[bytes, MobileNode] = {}
+        self._sas: dict[str, dict[int, SaEntry]] = {d: {} for d in DIRECTIONS}
+        self._reasons = {name: 0 for name in DROP_REASONS}
+        self._verdicts = {name: 0 for name in VERDICT_NAMES}
+        self._per_spi: dict[int, dict] = {}
+
+    # --- configuration --------------------------------------------------------
+
+    def add_mobile_node(self, hoa: bytes, coa: bytes | None = None) -> None:
+        hoa = addr(hoa)
+        if hoa in self._mns:
+            raise ValueError(f"mobile node {ipv6.ntop(hoa)} exists")
+        self._mns[hoa] = MobileNode(hoa, None if coa is None else addr(coa))
+
+    def add_sa(self, purpose: str, direction: str, spi: int,
+               algorithm: str | Algorithm, enc_key: bytes = b"", auth_key: bytes = b"",
+               salt: bytes = b"", esn: bool = False, replay_window: int = 1024,
+               hoa: bytes = b"") -> SaEntry:
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown SA purpose {purpose!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"SA direction is 'in' or 'out', not {direction!r}")
+        mn = self._mns.get(addr(hoa))
+        if mn is None:
+            raise ValueError("add the mobile node before its SAs")
+        if (purpose, direction) in mn.sas:
+            raise ValueError(f"{ipv6.ntop(mn.hoa)} already has a {purpose} {direction} SA")
+        if spi in self._sas[direction]:
+            raise ValueError(f"{direction} SPI {spi:#x} is taken")
+        esp = RefSA(spi, algorithm, enc_key, auth_key, salt, esn, replay_window)
+        entry = SaEntry(purpose, direction, mn.hoa, esp)
+        mn.sas[(purpose, direction)] = entry
+        self._sas[direction][spi] = entry
+        self._per_spi.setdefault(spi, _sa_counters())
+        return entry
+
+    def set_coa(self, hoa: bytes, coa: bytes | None) -> None:
+        """Move a binding (tests and the oracle only; fastpath moves bindings
+        through verified BUs)."""
+        self._mns[addr(hoa)].coa = None if coa is None else addr(coa)
+
+    def sa(self, direction: str, spi: int) -> SaEntry:
+        """The SA entry (its ``seq`` and ``replay`` state can be inspected)."""
+        return self._sas[direction][spi]
+
+    # --- counters -------------------------------------------------------------
+
+    def counters(self) -> dict:
+        """{'reasons': {reason: drops}, 'verdicts': {verdict: packets},
+        'sa': {spi: {packets_in, bytes_in, packets_out, bytes_out, drops}}}"""
+        return {
+            "reasons": dict(self._reasons),
+            "verdicts": dict(self._verdicts),
+            "sa": {spi: {**c, "drops": dict(c["drops"])} for spi, c in self._per_spi.items()},
+        }
+
+    def _drop(self, reason: Reason, sa: SaEntry | None = None) -> Result:
+        name = reason.name.lower()
+        self._reasons[name] += 1
+        self._verdicts["drop"] += 1
+        if sa is not None:
+            self._per_spi[sa.spi]["drops"][name] += 1
+        return Verdict.DROP, reason, b""
+
+    def _emit(self, verdict: Verdict, data: bytes) -> Result:
+        self._verdicts[verdict.name.lower()] += 1
+        return verdict, Reason.NONE, data
+
+    def _count(self, sa: SaEntry, direction: str, nbytes: int) -> None:
+        c = self._per_spi[sa.spi]
+        c[f"packets_{direction}"] += 1
+        c[f"bytes_{direction}"] += nbytes
+
+    # --- outbound -------------------------------------------------------------
+
+    def encap(self, packets: list[bytes],
+              ivs: list[bytes | None] | None = None) -> list[Result]:
+        """Home side → wire side. ``ivs[i]``, if given, is the IV for packet i
+        (CBC; for GCM it must be None or the sequence number)."""
+        return [self._encap_one(bytes(p), ivs[i] if ivs is not None else None)
+                for i, p in enumerate(packets)]
+
+    def _outbound_sa(self, mn: MobileNode, pkt: bytes) -> SaEntry | None:
+        rr = mn.sas.get(("return-routability", "out"))
+        if rr is not None and ipv6.mh_type(pkt) == MH_HOME_TEST:
+            return rr
+        return mn.sas.get(("payload", "out"))
+
+    def _encap_one(self, pkt: bytes, iv: bytes | None) -> Result:
+        if not well_formed(pkt):                                    # 1
+            return self._drop(Reason.MALFORMED)
+        mn = self._mns.get(pkt[24:40])                              # 2
+        if mn is None or mn.coa is None:
+            return self._drop(Reason.NO_BINDING)
+        sa = self._outbound_sa(mn, pkt)                             # 3
+        if sa is None:      # plain IPv6-in-IPv6 (RFC 2473)
+            if ipv6.HEADER_LEN + len(pkt) > self.mtu:               # 4
+                return self._drop(Reason.TOO_BIG)
+            return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_IPV6, pkt))
+        if ipv6.HEADER_LEN + sa.esp.sealed_len(len(pkt)) > self.mtu:  # 4
+            return self._drop(Reason.TOO_BIG, sa)
+        try:                                                        # 5
+            seq = sa.next_seq()
+        except EspDrop as e:
+            return self._drop(e.reason, sa)
+        esp = sa.esp.seal(seq, pkt, NH_IPV6, iv)                    # 6
+        sa.seq = seq
+        self._count(sa, "out", len(pkt))
+        return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_ESP, esp))
+
+    def _outer(self, mn: MobileNode, nh: int, payload: bytes) -> bytes:
+        return ipv6_header(self.ha_address, mn.coa, nh, len(payload), OUTER_HOP_LIMIT) + payload
+
+    # --- inbound --------------------------------------------------------------
+
+    def decap(self, packets: list[bytes]) -> list[Result]:
+        """Wire side → home side (or the control plane)."""
+        return [self._decap_one(bytes(p)) for p in packets]
+
+    def _decap_one(self, pkt: bytes) -> Result:
+        if not well_formed(pkt):                                    # 1
+            return self._drop(Reason.MALFORMED)
+        try:                                                        # 2
+            chain = walk_chain(pkt)
+        except ChainError as e:
+            return self._drop(e.reason)
+        if chain.next_header == NH_ESP:                             # 3
+            return self._decap_esp(pkt, chain)
+        if chain.next_header == NH_IPV6:                            # 4
+            return self._decap_plain(pkt, chain)
+        return self._emit(Verdict.PUNT, pkt)                        # 5
+
+    def _decap_esp(self, pkt: bytes, chain: ipv6.Chain) -> Result:
+        esp = pkt[chain.offset:]
+        if len(esp) < 8:
+            return self._drop(Reason.MALFORMED)
+        spi, seq_lo = parse_header(esp)
+        sa = self._sas["in"].get(spi)
+        if sa is None:
+            return self._drop(Reason.UNKNOWN_SPI)
+        if not sa.esp.framing_ok(esp):
+            return self._drop(Reason.MALFORMED, sa)
+        seq = sa.replay.infer(seq_lo)
+        if not sa.replay.check(seq):
+            return self._drop(Reason.REPLAY, sa)
+        try:
+            _, payload, nh = sa.esp.open(esp, seq >> 32)
+        except EspDrop as e:
+            return self._drop(e.reason, sa)
+        sa.replay.commit(seq)
+        if nh == NH_NONE:   # RFC 4303 §2.6: valid, and meant to be discarded
+            return self._drop(Reason.DUMMY, sa)
+        if sa.mode == TUNNEL:
+            if nh != NH_IPV6 or not well_formed(payload):
+                return self._drop(Reason.MALFORMED, sa)
+            # RFC 4301 inbound selector check; the outer source is free (RFC 3776 §3.2).
+            if payload[8:24] != sa.hoa:
+                return self._drop(Reason.POLICY, sa)
+            self._count(sa, "in", len(payload))
+            return self._emit(Verdict.TO_HOME, payload)
+        if chain.hoa != sa.hoa:
+            return self._drop(Reason.POLICY, sa)
+        if nh != NH_MH:
+            return self._drop(Reason.MALFORMED, sa)
+        out = bytearray(pkt[:chain.offset]) + payload
+        out[chain.nh_field] = nh
+        out[4:6] = (len(out) - ipv6.HEADER_LEN).to_bytes(2, "big")
+        self._count(sa, "in", len(out))
+        return self._emit(Verdict.BINDING, bytes(out))
+
+    def _decap_plain(self, pkt: bytes, chain: ipv6.Chain) -> Result:
+        inner = pkt[chain.offset:]
+        if not well_formed(inner):
+            return self._drop(Reason.MALFORMED)
+        mn = self._mns.get(inner[8:24])
+        if mn is None or mn.coa is None:
+            return self._drop(Reason.NO_BINDING)
+        if ("payload", "in") in mn.sas:     # its payload must come protected
+            return self._drop(Reason.POLICY)
+        if pkt[8:24] != mn.coa:             # RFC 6275 §10.4.5
+            return self._drop(Reason.POLICY)
+        return self._emit(Verdict.TO_HOME, inner)
+
+    # --- transport-mode packets (Binding Ack; BUs in tests) ---------------------
+
+    def seal_transport(self, spi: int, src: bytes, dst: bytes, ext_headers: bytes,
+                       first_nh: int, payload: bytes, next_header: int = NH_MH,
+                       iv: bytes | None = None, *, seq: int | None = None,
+                       direction: str | None = None) -> bytes:
+        """IPv6(src→dst) · ext_headers · ESP(payload) sealed with SA ``spi``.
+
+        ``first_nh`` is the fixed header's next header: the type of the first
+        of ``ext_headers``, whose chain must end in 50 (ESP); 50 when there are
+        none. The SA is the outbound one with this SPI, else the inbound one
+        (tests seal as the mobile node would); ``direction`` picks explicitly.
+        ``seq`` None: the SA's counter advances (EspDrop(SEQ_EXHAUSTED) at its
+        end); a given ``seq`` is used as is and leaves the counter alone.
+        Not counted: counters cover encap/decap only.
+        """
+        if direction is None:
+            direction = "out" if spi in self._sas["out"] else "in"
+        sa = self._sas[direction][spi]
+        use = sa.next_seq() if seq is None else seq
+        esp = sa.esp.seal(use, payload, next_header, iv)
+        body = bytes(ext_headers) + esp
+        pkt = ipv6_header(src, dst, first_nh, len(body)) + body
+        chain = walk_chain(pkt)
+        if (chain.next_header, chain.offset) != (NH_ESP, ipv6.HEADER_LEN + len(ext_headers)):
+            raise ValueError("ext_headers must chain from first_nh to ESP (50)")
+        if seq is None:
+            sa.seq = use
+        return pkt
+
+
+def build_bu_packet(engine: RefEngine, spi: int, hoa: bytes, coa: bytes, mh: bytes,
+                    iv: bytes | None = None, seq: int | None = None) -> bytes:
+    """Binding Update as the MN sends it (RFC 3776 §3.1):
+    IPv6(CoA→HA) · DestOpt(HAO=HoA) · ESP transport(binding-in SA ``spi``) · MH."""
+    return engine.seal_transport(spi, coa, engine.ha_address, ipv6.hao_destopt(hoa, NH_ESP),
+                                 NH_DSTOPTS, mh, NH_MH, iv, seq=seq, direction="in")
+
+
+def build_ba_packet(engine: RefEngine, spi: int, hoa: bytes, coa: bytes, mh: bytes,
+                    iv: bytes | None = None, seq: int | None = None) -> bytes:
+    """Binding Ack as the HA sends it (RFC 3776 §3.1):
+    IPv6(HA→CoA) · RH2(HoA) · ESP transport(binding-out SA ``spi``) · MH."""
+    return engine.seal_transport(spi, engine.ha_address, coa, ipv6.rh2(hoa, NH_ESP),
+                                 NH_ROUTING, mh, NH_MH, iv, seq=seq, direction="out")

@@ -1,0 +1,181 @@
+"""IPv6 header and extension-chain helpers of the reference path.
+
+Addresses are 16-byte ``bytes`` everywhere; ``addr()`` converts from text.
+The chain walk is the one of docs/engine-semantics.md (Inbound, step 2).
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import NamedTuple
+
+from fastpath.verdicts import Reason
+
+HEADER_LEN = 40
+
+# Next-header values (IANA "Assigned Internet Protocol Numbers").
+NH_HOPOPTS = 0
+NH_IPV6 = 41
+NH_ROUTING = 43
+NH_FRAGMENT = 44
+NH_ESP = 50
+NH_ICMPV6 = 58
+NH_NONE = 59
+NH_DSTOPTS = 60
+NH_MH = 135
+
+# Headers the walk skips by their length; anything else ends the chain.
+# The fragment header (44) is deliberately absent: it ends the walk, and the
+# caller punts it like any other next header it does not handle.
+SKIPPED = (NH_HOPOPTS, NH_ROUTING, NH_DSTOPTS)
+MAX_EXT_HEADERS = 8
+
+OPT_PAD1 = 0
+OPT_PADN = 1
+OPT_HAO = 201       # Home Address option, RFC 6275 §6.3
+HAO_LEN = 16
+
+
+def addr(a: str | bytes | ipaddress.IPv6Address) -> bytes:
+    """A 16-byte address from text, an IPv6Address or 16 bytes."""
+    if isinstance(a, (bytes, bytearray)):
+        if len(a) != 16:
+            raise ValueError(f"an IPv6 address is 16 bytes, got {len(a)}")
+        return bytes(a)
+    return ipaddress.IPv6Address(a).packed
+
+
+def ntop(a: bytes) -> str:
+    """Text form of a 16-byte address (for messages and tests)."""
+    return str(ipaddress.IPv6Address(bytes(a)))
+
+
+def ipv6_header(src: bytes, dst: bytes, nh: int, plen: int, hlim: int = 64) -> bytes:
+    """Fixed header, version 6, traffic class 0, flow label 0."""
+    return struct.pack("!IHBB", 6 << 28, plen, nh, hlim) + addr(src) + addr(dst)
+
+
+class IPv6Header(NamedTuple):
+    version: int
+    traffic_class: int
+    flow_label: int
+    payload_length: int
+    next_header: int
+    hop_limit: int
+    src: bytes
+    dst: bytes
+
+
+def parse_ipv6_header(pkt: bytes) -> IPv6Header:
+    """Fields of the fixed header; the packet must be at least 40 bytes."""
+    if len(pkt) < HEADER_LEN:
+        raise ValueError("shorter than an IPv6 header")
+    word, plen, nh, hlim = struct.unpack_from("!IHBB", pkt)
+    return IPv6Header(word >> 28, (word >> 20) & 0xFF, word & 0xFFFFF,
+                      plen, nh, hlim, bytes(pkt[8:24]), bytes(pkt[24:40]))
+
+
+def well_formed(pkt: bytes) -> bool:
+    """Outbound step 1: at least a header, version 6, and a payload length
+    that accounts for exactly the rest of the packet."""
+    return (len(pkt) >= HEADER_LEN
+            and pkt[0] >> 4 == 6
+            and HEADER_LEN + struct.unpack_from("!H", pkt, 4)[0] == len(pkt))
+
+
+class ChainError(Exception):
+    """The extension chain cannot be walked; ``reason`` says why."""
+
+    def __init__(self, reason: Reason, detail: str = ""):
+        super().__init__(detail or reason.name.lower())
+        self.reason = reason
+
+
+class Chain(NamedTuple):
+    next_header: int    # first header the walk did not skip
+    offset: int         # where that header (the upper layer) starts
+    hoa: bytes | None   # from a Home Address option, if one was seen
+    nh_field: int       # offset of the byte holding next_header (6 or an ext header's first byte)
+
+
+def walk_chain(pkt: bytes, start: int = 0) -> Chain:
+    """Skip hop-by-hop, routing and destination-options headers of the IPv6
+    packet at ``pkt[start:]``.
+
+    Raises ChainError(MALFORMED) when a header runs past the end of the
+    packet or when more than MAX_EXT_HEADERS headers would be skipped.
+    The packet's outer well-formedness is the caller's business.
+    """
+    nh_field = start + 6
+    nh = pkt[nh_field]
+    off = start + HEADER_LEN
+    hoa = None
+    count = 0
+    while nh in SKIPPED:
+        if count == MAX_EXT_HEADERS:
+            raise ChainError(Reason.MALFORMED, "too many extension headers")
+        if off + 2 > len(pkt):
+            raise ChainError(Reason.MALFORMED, "extension header past the end")
+        size = (pkt[off + 1] + 1) * 8
+        if off + size > len(pkt):
+            raise ChainError(Reason.MALFORMED, "extension header past the end")
+        if nh == NH_DSTOPTS and hoa is None:
+            hoa = find_hao(pkt[off + 2:off + size])
+        count += 1
+        nh_field = off
+        nh = pkt[off]
+        off += size
+    return Chain(nh, off, hoa, nh_field)
+
+
+def find_hao(options: bytes) -> bytes | None:
+    """The address of the first Home Address option (type 201, length 16)
+    among the TLV options of one destination-options header.
+
+    An option of type 201 with another length is not a HAO and is skipped;
+    an option running past its header ends the scan (nothing found there).
+    """
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == OPT_PAD1:
+            i += 1
+            continue
+        if i + 2 > len(options):
+            return None
+        length = options[i + 1]
+        if i + 2 + length > len(options):
+            return None
+        if kind == OPT_HAO and length == HAO_LEN:
+            return bytes(options[i + 2:i + 2 + HAO_LEN])
+        i += 2 + length
+    return None
+
+
+def hao_destopt(hoa: bytes, nh: int) -> bytes:
+    """Destination options header carrying only a HAO (24 bytes).
+
+    The HAO wants 8n+6 alignment (RFC 6275 §6.3): after the 2-byte header a
+    4-byte PadN puts it at offset 6, and its 18 bytes end the 24-byte header.
+    """
+    return (bytes([nh, 2])
+            + bytes([OPT_PADN, 2, 0, 0])
+            + bytes([OPT_HAO, HAO_LEN]) + addr(hoa))
+
+
+def rh2(hoa: bytes, nh: int) -> bytes:
+    """Type 2 Routing Header (RFC 6275 §6.4): one address, segments left 1."""
+    return bytes([nh, 2, 2, 1]) + b"\0\0\0\0" + addr(hoa)
+
+
+def mh_type(pkt: bytes, start: int = 0) -> int | None:
+    """The Mobility Header type of the IPv6 packet at ``pkt[start:]``, or None
+    when its chain does not end in a Mobility Header (or cannot be walked)."""
+    try:
+        chain = walk_chain(pkt, start)
+    except ChainError:
+        return None
+    if chain.next_header != NH_MH or chain.offset + 3 > len(pkt):
+        return None
+    # MH: payload proto(1), header length(1), MH type(1), ...
+    return pkt[chain.offset + 2]
