@@ -13,7 +13,7 @@ from libc.string cimport memcpy, memmove, memcmp, memset
 
 from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM
 from fastpath.core.esp cimport (fp_job, fp_keys, CryptoWorker, KIND_GCM, KIND_CBC_HMAC,
-                                KIND_NULL_HMAC)
+                                esp_frame_out, esp_frame_in, esp_ct_len, esp_trailer)
 from fastpath.core.sad cimport *
 from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit
 from fastpath.core.includes.atomic cimport *
@@ -62,13 +62,6 @@ cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
 cdef inline void wr16(uint8_t *p, uint32_t v) noexcept nogil:
     p[0] = <uint8_t>(v >> 8)
     p[1] = <uint8_t>v
-
-cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
-
 
 cdef inline bint ipv6_ok(const uint8_t *p, int32_t n) noexcept nogil:
     """A whole IPv6 packet: version 6 and payload length matching."""
@@ -206,23 +199,25 @@ cdef class Engine:
         cdef int32_t n = b.c_len[i]
         return off >= HEADROOM and n >= 0 and off + n <= b.slot_size - TAILROOM
 
-    cdef inline void _iv(self, Batch b, int i, uint8_t *dst) noexcept nogil:
+    cdef inline const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
+        """A CBC IV: unpredictable, drawn from a bulk RAND_bytes buffer."""
+        cdef const uint8_t *iv
         if self.fixed_ivs:
-            memcpy(dst, b.c_iv + i * 16, 16)
-            return
+            return b.c_iv + i * 16
         if self.rnd_pos + 16 > RND_BYTES:
             RAND_bytes(self.rnd, RND_BYTES)
             self.rnd_pos = 0
-        memcpy(dst, self.rnd + self.rnd_pos, 16)
+        iv = self.rnd + self.rnd_pos
         self.rnd_pos += 16
+        return iv
 
     # -- outbound -------------------------------------------------------------
     cdef void _encap(self, Batch b) noexcept nogil:
         cdef int i, k, nj = 0
-        cdef int32_t n, m, e, s, padded, pad, esp_len, hl
+        cdef int32_t n, m, e, s, esp_len, hl
         cdef uint8_t *p
-        cdef uint8_t *esp
         cdef uint8_t *outer
+        cdef const uint8_t *ivp
         cdef fp_sa *sa
         cdef fp_keys *kk
         cdef fp_job *j
@@ -264,9 +259,7 @@ cdef class Engine:
                 continue
             sa = &self.t.sas[s]
             kk = sa.keys
-            padded = (n + 2 + kk.align - 1) & ~(kk.align - 1)
-            pad = padded - n - 2
-            esp_len = 8 + kk.iv_len + padded + kk.icv_len
+            esp_len = 8 + kk.iv_len + ((n + 2 + kk.align - 1) & ~(kk.align - 1)) + kk.icv_len
             if 40 + esp_len > <int32_t>self.t.mtu:
                 self._verdict(b, i, V_DROP, R_TOO_BIG, s)
                 continue
@@ -274,56 +267,24 @@ cdef class Engine:
             if seq > fp_load_u64(&self.t.hot[s].seq_limit):
                 self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
                 continue
-            hl = 8 + kk.iv_len
-            esp = p - hl
-            outer = esp - 40
             j = &self.jobs[nj]
             nj += 1
             j.slot = i
             j.sa = s
-            j.keys = kk
-            j.seq = seq
-            j.esp = esp
-            j.ct = p
-            j.ct_len = padded
-            j.icv = p + padded
-            j.iv = esp + 8
-            wr32(esp, sa.spi)
-            wr32(esp + 4, <uint32_t>seq)
-            # trailer: padding 1,2,3,... then pad length and next header (41: IPv6)
-            for k in range(pad):
-                p[n + k] = <uint8_t>(k + 1)
-            p[n + pad] = <uint8_t>pad
-            p[n + pad + 1] = 41
-            j.auth_len = hl + padded
-            if kk.kind == KIND_GCM:
-                # explicit IV = the 64-bit sequence number: unique under the key
-                wr32(esp + 8, <uint32_t>(seq >> 32))
-                wr32(esp + 12, <uint32_t>seq)
-                memcpy(j.nonce, kk.salt, 4)
-                memcpy(j.nonce + 4, esp + 8, 8)
-                wr32(j.aad, sa.spi)
-                if sa.esn:
-                    wr32(j.aad + 4, <uint32_t>(seq >> 32))
-                    wr32(j.aad + 8, <uint32_t>seq)
-                    j.aad_len = 12
-                else:
-                    wr32(j.aad + 4, <uint32_t>seq)
-                    j.aad_len = 8
-            else:
-                if kk.kind == KIND_CBC_HMAC:
-                    self._iv(b, i, esp + 8)
-                if sa.esn:
-                    # ESN: the ICV covers the high half, placed where the ICV goes
-                    wr32(j.icv, <uint32_t>(seq >> 32))
-                    j.auth_len += 4
+            ivp = NULL
+            if kk.kind == KIND_CBC_HMAC:
+                ivp = self._iv(b, i)
+            elif self.fixed_ivs and kk.kind == KIND_GCM:
+                ivp = b.c_iv + i * 16           # tests: a published vector's explicit IV
+            esp_frame_out(j, kk, p, n, sa.spi, seq, sa.esn, 41, ivp)
+            hl = 8 + kk.iv_len
+            outer = p - hl - 40
             memcpy(outer, self.t.eps[e].hdr, 40)
             wr16(outer + 4, esp_len)
             outer[6] = 50
             b.c_off[i] -= 40 + hl
             b.c_len[i] = 40 + esp_len
             b.c_sa[i] = s
-            # length of the inner packet, for the SA's byte counter
             b.c_reason[i] = 0
             b.c_verdict[i] = V_TO_WIRE
         if nj == 0:
@@ -342,16 +303,13 @@ cdef class Engine:
     # -- inbound ----------------------------------------------------------------
     cdef void _decap(self, Batch b) noexcept nogil:
         cdef int i, k, cnt, nj = 0
-        cdef int32_t n, off, hl, o, ol, nh_pos, s, ct_len, esp_len, plen, padlen
-        cdef uint8_t nh, nxt
+        cdef int32_t n, off, hl, o, ol, nh_pos, s, ct_len, esp_len
+        cdef uint8_t nh
         cdef uint8_t *p
-        cdef uint8_t *inner
         cdef const uint8_t *hoa
         cdef fp_sa *sa
         cdef fp_keys *kk
         cdef fp_job *j
-        cdef fp_mn *mn
-        cdef int32_t m, e
         cdef uint64_t seq
         cdef bint bad
         self.n_bindings = 0
@@ -415,8 +373,8 @@ cdef class Engine:
                     continue
                 sa = &self.t.sas[s]
                 kk = sa.keys
-                ct_len = esp_len - 8 - kk.iv_len - kk.icv_len
-                if ct_len < 2 or (ct_len & (kk.align - 1)) != 0:
+                ct_len = esp_ct_len(kk, esp_len)
+                if ct_len < 0:
                     self._verdict(b, i, V_DROP, R_MALFORMED, s)
                     continue
                 if sa.esn:
@@ -430,32 +388,10 @@ cdef class Engine:
                 nj += 1
                 j.slot = i
                 j.sa = s
-                j.keys = kk
-                j.seq = seq
                 j.esp_off = off
                 j.nh_pos = nh_pos
                 j.hoa = hoa
-                j.esp = p + off
-                j.iv = j.esp + 8
-                j.ct = j.iv + kk.iv_len
-                j.ct_len = ct_len
-                j.icv = j.ct + ct_len
-                memcpy(j.rx_icv, j.icv, kk.icv_len)
-                j.auth_len = 8 + kk.iv_len + ct_len
-                if kk.kind == KIND_GCM:
-                    memcpy(j.nonce, kk.salt, 4)
-                    memcpy(j.nonce + 4, j.iv, 8)
-                    memcpy(j.aad, j.esp, 4)
-                    if sa.esn:
-                        wr32(j.aad + 4, <uint32_t>(seq >> 32))
-                        memcpy(j.aad + 8, j.esp + 4, 4)
-                        j.aad_len = 12
-                    else:
-                        memcpy(j.aad + 4, j.esp + 4, 4)
-                        j.aad_len = 8
-                elif sa.esn:
-                    wr32(j.icv, <uint32_t>(seq >> 32))
-                    j.auth_len += 4
+                esp_frame_in(j, kk, p + off, ct_len, seq, sa.esn)
                 continue
             if nh == 41:
                 self._plain(b, i, p, n, off)
@@ -500,7 +436,7 @@ cdef class Engine:
         cdef int i = j.slot
         cdef int32_t s = j.sa
         cdef fp_sa *sa = &self.t.sas[s]
-        cdef int32_t padlen, plen, k, hl, newlen
+        cdef int32_t plen, hl, newlen
         cdef uint8_t nxt
         cdef uint8_t *p
         cdef uint8_t *q
@@ -508,16 +444,10 @@ cdef class Engine:
         if not j.ok:
             self._verdict(b, i, V_DROP, R_ICV, s)
             return
-        padlen = j.ct[j.ct_len - 2]
-        nxt = j.ct[j.ct_len - 1]
-        if padlen + 2 > <int32_t>j.ct_len:
+        plen = esp_trailer(j, &nxt)
+        if plen < 0:
             self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
             return
-        plen = j.ct_len - 2 - padlen
-        for k in range(padlen):
-            if j.ct[plen + k] != <uint8_t>(k + 1):
-                self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
-                return
         if not replay_commit(sa, &self.t.hot[s], j.seq):
             self._verdict(b, i, V_DROP, R_REPLAY, s)
             return

@@ -1,6 +1,7 @@
 # ESP crypto (RFC 4303 / 4106 / 3602 / 2404 / 4868): per-SA key material and the
 # per-worker batch crypto over two backends (intel-ipsec-mb, OpenSSL EVP).
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
+from libc.string cimport memcpy
 from fastpath.core.includes.openssl cimport EVP_CIPHER, EVP_CIPHER_CTX, SHA_CTX, SHA256_CTX
 from fastpath.core.includes.ipsecmb cimport fp_mb_mgr
 
@@ -75,3 +76,112 @@ cdef class CryptoWorker:
     cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
     cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil
     cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil
+
+
+cdef inline void _be32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline int32_t esp_frame_out(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
+                                  uint32_t spi, uint64_t seq, bint esn, uint8_t next_header,
+                                  const uint8_t *iv) noexcept nogil:
+    """Frame the payload p[0:n] as ESP in place (RFC 4303 §2): header and IV
+    before p, trailer and ICV room after it; fill the job for seal(). `iv` is
+    the CBC IV (16 bytes), or for GCM an explicit-IV override (8 bytes; NULL:
+    the sequence number). Returns the ESP length (header .. ICV)."""
+    cdef int32_t padded = (n + 2 + k.align - 1) & ~(k.align - 1)
+    cdef int32_t pad = padded - n - 2
+    cdef int32_t hl = 8 + k.iv_len
+    cdef uint8_t *esp = p - hl
+    cdef int32_t x
+    j.keys = k
+    j.seq = seq
+    j.esp = esp
+    j.iv = esp + 8
+    j.ct = p
+    j.ct_len = padded
+    j.icv = p + padded
+    j.auth_len = hl + padded
+    _be32(esp, spi)
+    _be32(esp + 4, <uint32_t>seq)
+    for x in range(pad):                 # default padding: 1, 2, 3, ...
+        p[n + x] = <uint8_t>(x + 1)
+    p[n + pad] = <uint8_t>pad
+    p[n + pad + 1] = next_header
+    if k.kind == KIND_GCM:
+        if iv != NULL:
+            memcpy(esp + 8, iv, 8)
+        else:                            # explicit IV = sequence number: unique under the key
+            _be32(esp + 8, <uint32_t>(seq >> 32))
+            _be32(esp + 12, <uint32_t>seq)
+        memcpy(j.nonce, k.salt, 4)
+        memcpy(j.nonce + 4, esp + 8, 8)
+        _be32(j.aad, spi)
+        if esn:
+            _be32(j.aad + 4, <uint32_t>(seq >> 32))
+            _be32(j.aad + 8, <uint32_t>seq)
+            j.aad_len = 12
+        else:
+            _be32(j.aad + 4, <uint32_t>seq)
+            j.aad_len = 8
+    else:
+        if k.kind == KIND_CBC_HMAC:
+            memcpy(esp + 8, iv, 16)
+        if esn:                          # the ICV covers seq_hi, placed where the ICV goes
+            _be32(j.icv, <uint32_t>(seq >> 32))
+            j.auth_len += 4
+    return hl + padded + k.icv_len
+
+
+cdef inline int32_t esp_ct_len(const fp_keys *k, int32_t esp_len) noexcept nogil:
+    """Ciphertext length of a received ESP packet, or -1 when it cannot be one."""
+    cdef int32_t ct_len = esp_len - 8 - k.iv_len - k.icv_len
+    if ct_len < 2 or (ct_len & (k.align - 1)) != 0:
+        return -1
+    return ct_len
+
+
+cdef inline void esp_frame_in(fp_job *j, fp_keys *k, uint8_t *esp, int32_t ct_len,
+                              uint64_t seq, bint esn) noexcept nogil:
+    """Fill the job for open() from a received ESP packet (ct_len from esp_ct_len)."""
+    j.keys = k
+    j.seq = seq
+    j.esp = esp
+    j.iv = esp + 8
+    j.ct = j.iv + k.iv_len
+    j.ct_len = ct_len
+    j.icv = j.ct + ct_len
+    memcpy(j.rx_icv, j.icv, k.icv_len)
+    j.auth_len = 8 + k.iv_len + ct_len
+    if k.kind == KIND_GCM:
+        memcpy(j.nonce, k.salt, 4)
+        memcpy(j.nonce + 4, j.iv, 8)
+        memcpy(j.aad, esp, 4)
+        if esn:
+            _be32(j.aad + 4, <uint32_t>(seq >> 32))
+            memcpy(j.aad + 8, esp + 4, 4)
+            j.aad_len = 12
+        else:
+            memcpy(j.aad + 4, esp + 4, 4)
+            j.aad_len = 8
+    elif esn:
+        _be32(j.icv, <uint32_t>(seq >> 32))
+        j.auth_len += 4
+
+
+cdef inline int32_t esp_trailer(const fp_job *j, uint8_t *next_header) noexcept nogil:
+    """After a successful open(): check the padding (1, 2, 3, ...) and return
+    the payload length, or -1 for bad padding."""
+    cdef int32_t padlen = j.ct[j.ct_len - 2]
+    cdef int32_t plen, x
+    if padlen + 2 > <int32_t>j.ct_len:
+        return -1
+    plen = j.ct_len - 2 - padlen
+    for x in range(padlen):
+        if j.ct[plen + x] != <uint8_t>(x + 1):
+            return -1
+    next_header[0] = j.ct[j.ct_len - 1]
+    return plen

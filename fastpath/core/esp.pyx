@@ -310,3 +310,125 @@ def ipsecmb_arch():
         return "none"
     fp_mb_free(m)
     return fp_mb_arch_name(arch).decode()
+
+
+cdef class EspSA:
+    """One SA's ESP transform outside the engine, on the engine's own framing
+    and crypto code: for the published test vectors, the benchmark's "bare
+    crypto" reference and tests. Not for the data path (one call per packet)."""
+    cdef fp_keys *k
+    cdef CryptoWorker worker
+    cdef fp_mb_mgr *mb
+    cdef readonly uint32_t spi
+    cdef readonly bint esn
+    cdef fp_job *jobs
+    cdef int n_jobs
+    cdef list _bufs
+
+    def __cinit__(self, algorithm, uint32_t spi, bytes enc_key=b"", bytes auth_key=b"",
+                  bytes salt=b"", bint esn=False, str backend="openssl"):
+        cdef int arch = 0
+        from fastpath.algorithms import Algorithm, get
+        a = algorithm if isinstance(algorithm, Algorithm) else get(algorithm)
+        if (len(enc_key) != a.enc_key_len or len(auth_key) != a.auth_key_len
+                or len(salt) != a.salt_len):
+            raise ValueError(f"key lengths do not fit {a.name}")
+        self.spi = spi
+        self.esn = esn
+        self.worker = CryptoWorker(2, backend)   # context 0 seals, context 1 opens
+        if backend == "ipsecmb":
+            self.mb = fp_mb_new(&arch)
+        self.k = <fp_keys *>_aligned(sizeof(fp_keys))
+        if self.k == NULL:
+            raise MemoryError()
+        if keys_init(self.k, a.kind, a.hash, a.icv_len, a.iv_len, a.align,
+                     <const uint8_t *>enc_key, len(enc_key), <const uint8_t *>auth_key,
+                     len(auth_key), <const uint8_t *>salt, self.mb) != 0:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.k != NULL:
+            keys_free(self.k)
+            free(self.k)
+        free(self.jobs)
+        fp_mb_free(self.mb)
+
+    def seal(self, uint64_t seq, bytes payload, int next_header, iv=None):
+        """ESP header .. ICV for one payload. CBC: iv = 16 bytes (random if None);
+        GCM: iv = explicit IV override (8 bytes; None: the sequence number)."""
+        cdef bytearray buf = bytearray(64 + len(payload) + 64)
+        cdef uint8_t *p = <uint8_t *>(<char *>buf) + 64
+        cdef fp_job j
+        cdef bytes ivb
+        cdef const uint8_t *ivp = NULL
+        cdef int32_t esp_len
+        if self.k.kind == KIND_CBC_HMAC:
+            ivb = bytes(iv) if iv is not None else __import__("os").urandom(16)
+            if len(ivb) != 16:
+                raise ValueError("CBC IV is 16 bytes")
+            ivp = ivb
+        elif self.k.kind == KIND_GCM and iv is not None:
+            ivb = bytes(iv)
+            if len(ivb) != 8:
+                raise ValueError("GCM explicit IV is 8 bytes")
+            ivp = ivb
+        memcpy(p, <const char *>payload, len(payload))
+        memset(&j, 0, sizeof(fp_job))
+        esp_len = esp_frame_out(&j, self.k, p, len(payload), self.spi, seq, self.esn,
+                                next_header, ivp)
+        self.worker.seal(&j, 1)
+        if not j.ok:
+            raise RuntimeError("seal failed")
+        start = 64 - 8 - self.k.iv_len
+        return bytes(buf[start:start + esp_len])
+
+    def open(self, bytes esp, uint64_t seq=0):
+        """Verify and decrypt one ESP packet (header .. ICV). seq: the full
+        64-bit sequence number when ESN is on (its high half is not on the
+        wire). Returns (payload, next_header); raises ValueError('icv' |
+        'bad_padding' | 'malformed')."""
+        cdef bytearray buf = bytearray(esp + b"\0" * 8)
+        cdef uint8_t *p = <uint8_t *>(<char *>buf)
+        cdef fp_job j
+        cdef int32_t ct_len = esp_ct_len(self.k, len(esp))
+        cdef int32_t plen
+        cdef uint8_t nh = 0
+        if len(esp) < 8 or ct_len < 0:
+            raise ValueError("malformed")
+        if not self.esn:
+            seq = (p[4] << 24) | (p[5] << 16) | (p[6] << 8) | p[7]
+        memset(&j, 0, sizeof(fp_job))
+        esp_frame_in(&j, self.k, p, ct_len, seq, self.esn)
+        j.sa = 1
+        self.worker.open(&j, 1)
+        if not j.ok:
+            raise ValueError("icv")
+        plen = esp_trailer(&j, &nh)
+        if plen < 0:
+            raise ValueError("bad_padding")
+        start = 8 + self.k.iv_len
+        return bytes(buf[start:start + plen]), nh
+
+    def prepare_bare(self, list payloads):
+        """Frame payloads once for bare_seal(): the crypto-only reference."""
+        cdef int i, n = len(payloads)
+        cdef bytes pl
+        cdef uint8_t iv[16]
+        self._bufs = [bytearray(64 + len(x) + 64) for x in payloads]
+        free(self.jobs)
+        self.jobs = <fp_job *>calloc(n if n else 1, sizeof(fp_job))
+        self.n_jobs = n
+        memset(iv, 7, 16)
+        for i in range(n):
+            pl = payloads[i]
+            memcpy(<uint8_t *>(<char *>self._bufs[i]) + 64, <const char *>pl, len(pl))
+            esp_frame_out(&self.jobs[i], self.k, <uint8_t *>(<char *>self._bufs[i]) + 64,
+                          len(pl), self.spi, i + 1, self.esn, 41, iv)
+
+    def bare_seal(self, int iterations):
+        """Run only the cipher+ICV over the prepared packets, `iterations` times."""
+        cdef int r
+        with nogil:
+            for r in range(iterations):
+                self.worker.seal(self.jobs, self.n_jobs)
+
