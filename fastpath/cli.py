@@ -1,0 +1,428 @@
+"""``fastpath`` command line (SPEC §6).
+
+    fastpath check  -c FILE                 validate the config, print the SA table
+    fastpath keys   -c FILE --wireshark     esp_sa lines for Wireshark / tshark
+    fastpath replay -c FILE --in IN --out OUT   run the engine over a capture
+    fastpath run | ctl | demo               (declared; not in this build yet)
+
+``main(argv)`` returns the exit status: 0 on success, 2 on a configuration or
+capture-file problem (printed as ``fastpath: <message>`` on stderr, never a
+traceback) and on a subcommand that is not available yet.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from typing import Sequence
+
+from fastpath.config import SUMMARY_HEADER, Config, ConfigError, load
+from fastpath.pcap import PcapError
+
+__all__ = ["main", "build_parser", "esp_sa_records", "esp_sa_lines",
+           "ESP_SA_COLUMNS"]
+
+PROG = "fastpath"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Column titles of Wireshark's ESP SA table (Preferences > Protocols > ESP >
+# ESP SAs), in the order of the fields of its "esp_sa" file records.  The
+# first 8 are understood by every Wireshark since 1.x; the last two (sequence
+# number length "32-bit"/"64-bit", and the assumed ESN high bits) were added
+# later: Wireshark 4.0 ignores them with a warning, newer versions fill them in
+# with defaults ("32-bit", "0") when a record has only 8.  So records have 8
+# fields unless an SA uses ESN (columns="auto").
+ESP_SA_COLUMNS = ("Protocol", "Src IP", "Dest IP", "SPI", "Encryption",
+                  "Encryption Key", "Authentication", "Authentication Key",
+                  "SN", "ESN High Bits")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+
+# --------------------------------------------------------------------------
+# Wireshark esp_sa records
+
+
+def esp_sa_records(cfg: Config, *, any_coa: bool = False,
+                   columns: int | None = None) -> list[tuple[str, ...]]:
+    """One Wireshark ESP SA record per SA of ``cfg``, as tuples of strings.
+
+    Addresses are the ones Wireshark matches on, i.e. its idea of the packet's
+    source and destination:
+
+    * transport-mode SAs (binding, prefix-discovery): Wireshark replaces the
+      source with the Home Address option's address and the destination with
+      the type 2 routing header's address, so the records name the HoA and the
+      HA address - which also keeps them valid when the MN moves;
+    * tunnel-mode SAs (return-routability, payload): the outer header, CoA and
+      HA address; '*' (any) when no static CoA is configured or ``any_coa``.
+
+    GCM keys are printed with their 4-byte salt appended, as Wireshark expects.
+    ``columns`` is 8, 10, or None for 10 when some SA uses ESN and 8 otherwise.
+    """
+    if columns is None:
+        columns = 10 if any(sa.esn for _, sa in cfg.sas()) else 8
+    if columns not in (8, 10):
+        raise ValueError(f"columns must be 8 or 10, not {columns}")
+    ha = str(cfg.home_agent.address)
+    out: list[tuple[str, ...]] = []
+    for mn, sa in cfg.sas():
+        if sa.mode == "transport":
+            peer = str(mn.home_address)
+        elif mn.care_of_address is not None and not any_coa:
+            peer = str(mn.care_of_address)
+        else:
+            peer = "*"
+        src, dst = (peer, ha) if sa.direction == "in" else (ha, peer)
+        alg = sa.algorithm
+        enc_key = sa.enc_key + sa.salt
+        rec = ("IPv6", src, dst, f"0x{sa.spi:08x}",
+               alg.wireshark_enc, "0x" + enc_key.hex() if enc_key else "",
+               alg.wireshark_auth, "0x" + sa.auth_key.hex() if sa.auth_key else "")
+        if columns == 10:
+            rec += ("64-bit" if sa.esn else "32-bit", "0")
+        out.append(rec)
+    return out
+
+
+def _uat_quote(field: str) -> str:
+    # Wireshark's UAT files quote every field; '"', '\\' and non-printables are
+    # written as \xNN escapes.
+    esc = "".join(c if (c.isprintable() and c not in '"\\') else
+                  f"\\x{ord(c):02x}" for c in field)
+    return f'"{esc}"'
+
+
+def esp_sa_lines(cfg: Config, *, any_coa: bool = False,
+                 columns: int | None = None) -> list[str]:
+    """The records of :func:`esp_sa_records` as lines of an ``esp_sa`` file."""
+    return [",".join(_uat_quote(f) for f in rec)
+            for rec in esp_sa_records(cfg, any_coa=any_coa, columns=columns)]
+
+
+# --------------------------------------------------------------------------
+# subcommands
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h)
+              for k, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*header).rstrip())
+    print(fmt.format(*("-" * w for w in widths)).rstrip())
+    for r in rows:
+        print(fmt.format(*r).rstrip())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    ha, ifs = cfg.home_agent, cfg.interfaces
+    n_sa = sum(len(mn.sas) for mn in cfg.mobile_nodes)
+    print(f"config        {cfg.path}")
+    print(f"home agent    {ha.address}   home prefix {ha.home_prefix}   MTU {ha.mtu}")
+    print(f"state dir     {ha.state_dir}")
+    print(f"interfaces    home {ifs.home}   wire {ifs.wire}   proxy NDP "
+          f"{'on ' + ifs.home_link if ifs.home_link else 'off'}")
+    if ha.allow_manual_aead:
+        print("manual AEAD   allowed (lab/benchmark only: RFC 4106 §8.1, RFC 8221 §3)")
+    print()
+    if cfg.mobile_nodes:
+        _print_table(SUMMARY_HEADER, cfg.summary_rows())
+        print()
+    print(f"OK: {len(cfg.mobile_nodes)} mobile node"
+          f"{'s' if len(cfg.mobile_nodes) != 1 else ''}, {n_sa} SA"
+          f"{'s' if n_sa != 1 else ''}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    columns = None if args.columns == "auto" else int(args.columns)
+    records = esp_sa_records(cfg, any_coa=args.any_coa, columns=columns)
+    lines = [",".join(_uat_quote(f) for f in rec) for rec in records]
+    if not args.no_header:
+        cols = ESP_SA_COLUMNS[:len(records[0]) if records else 8]
+        print(f"# Wireshark ESP SAs for {cfg.path} (generated by fastpath keys).")
+        print("# Contains secret keys. Save as the 'esp_sa' file of your Wireshark")
+        print("# profile (e.g. ~/.config/wireshark/esp_sa), then enable ESP")
+        print("# decryption; with tshark:")
+        print("#   tshark -o esp.enable_encryption_decode:TRUE "
+              "-o esp.enable_authentication_check:TRUE -r CAPTURE.pcap")
+        print("#" + ",".join(_uat_quote(c) for c in cols))
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        from fastpath import replay
+    except ModuleNotFoundError as e:
+        if e.name != "fastpath.replay":
+            raise
+        return _not_available("replay")
+    rc = replay.main(args)
+    return 0 if rc is None else int(rc)
+
+
+def _not_available(cmd: str) -> int:
+    print(f"{PROG} {cmd}: not available yet in this build "
+          f"(tracked by the forwarder/control-plane issues)", file=sys.stderr)
+    return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _not_available("run")
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    return _not_available("ctl")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return _not_available("demo")
+
+
+# --------------------------------------------------------------------------
+# parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return v
+
+
+def _hostport(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not ADDR:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)")
+    return text
+
+
+def _add_common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("-c", "--config", required=True, metavar="FILE",
+                       help="the home agent's TOML configuration file (SPEC §5)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                   help="log verbosity on stderr (default: warning)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_Formatter,
+        description=textwrap.dedent("""\
+            fastpath: a userspace Mobile IPv6 home agent data plane.
+
+            It tunnels traffic for registered home addresses to each mobile
+            node's care-of address (ESP per RFC 3776 / RFC 4877, or plain
+            IPv6-in-IPv6 per RFC 2473), decapsulates the reverse tunnel, and
+            moves a binding when an ESP-protected Binding Update arrives.
+            Keys are configured manually in a TOML file."""),
+        epilog="Run 'fastpath COMMAND --help' for the flags of each command.")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                   help="log verbosity on stderr (default: %(default)s)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # check
+    sp = sub.add_parser(
+        "check", formatter_class=_Formatter,
+        help="validate a config file and print its SA table",
+        description=textwrap.dedent("""\
+            Validate a configuration file without touching the system and print
+            the security association table: for each SA the mobile node's home
+            address (HoA) and static care-of address (CoA), what the SA protects
+            (binding = BU/BA, return-routability = HoTI/HoT, payload, prefix-
+            discovery), its direction (in = MN to HA, out = HA to MN), SPI, mode
+            (transport or tunnel, which follows the purpose, RFC 3776 §4),
+            algorithm, whether extended sequence numbers are on, and the anti-
+            replay window of inbound SAs. Keys are never printed.
+
+            Exit status 0 when the file is valid, 2 with every problem listed
+            (file:line: entry: field: reason) when it is not."""))
+    _add_common(sp)
+    sp.set_defaults(func=cmd_check)
+
+    # keys
+    sp = sub.add_parser(
+        "keys", formatter_class=_Formatter,
+        help="print Wireshark esp_sa lines to decrypt a capture",
+        description=textwrap.dedent("""\
+            Print one line per SA in the format of Wireshark's "esp_sa" file
+            (Preferences > Protocols > ESP > ESP SAs), so Wireshark or tshark
+            can decrypt and check the ESP traffic of a capture taken on the
+            wire side:
+
+              "IPv6","SRC","DST","0xSPI","ENCRYPTION","0xKEY","AUTHENTICATION","0xKEY"
+
+            followed by "32-bit"/"64-bit","0" (sequence number length, ESN high
+            bits) when --columns 10, or auto and some SA uses ESN.
+
+            Binding SAs are transport mode and Wireshark matches them on the
+            home address (it substitutes the Home Address option and the type 2
+            routing header), so their lines name the HoA and the HA address.
+            Tunnel-mode SAs match the outer header: the static CoA, or '*'
+            (any) when the MN has none. AES-GCM keys include the 4-byte salt.
+
+            The output contains secret keys."""))
+    _add_common(sp)
+    sp.add_argument("--wireshark", action="store_true",
+                    help="Wireshark esp_sa format (the default and only format)")
+    sp.add_argument("--any-coa", action="store_true",
+                    help="match tunnel SAs from any care-of address ('*'): use it "
+                         "for a capture in which the MN moves")
+    sp.add_argument("--columns", choices=("auto", "8", "10"), default="auto",
+                    help="fields per record: 8 (every Wireshark version), 10 (adds "
+                         "the SN length and ESN high bits columns of newer versions, "
+                         "needed to check ESN SAs), auto = 10 only when some SA "
+                         "uses ESN (default: %(default)s)")
+    sp.add_argument("--no-header", action="store_true",
+                    help="print only the records, without the '#' comment lines")
+    sp.set_defaults(func=cmd_keys)
+
+    # replay
+    sp = sub.add_parser(
+        "replay", formatter_class=_Formatter,
+        help="run the data plane over a pcap instead of TUN interfaces",
+        description=textwrap.dedent("""\
+            Feed a capture through the same engine the forwarder uses, in
+            packet order: packets addressed to the HA address are wire-side
+            input (ESP, IPv6-in-IPv6, Binding Updates), packets addressed to a
+            home address are home-side input (to be tunnelled to the MN). A
+            Binding Update in the capture moves the binding for the packets
+            after it. Everything fastpath emits, on either side, is written to
+            OUT in order; counters are printed at the end.
+
+            IN and OUT are classic pcap files of raw IPv6 packets
+            (LINKTYPE_RAW), such as a capture on the fp-wire / fp-home TUNs."""))
+    _add_common(sp)
+    sp.add_argument("--in", dest="input", required=True, metavar="IN",
+                    help="capture to read (pcap, raw IPv6 packets)")
+    sp.add_argument("--out", dest="output", required=True, metavar="OUT",
+                    help="capture to write with every packet fastpath emits")
+    sp.add_argument("--crypto", choices=("auto", "ipsecmb", "openssl"), default="auto",
+                    help="crypto backend: intel-ipsec-mb, OpenSSL EVP, or auto = the "
+                         "fastest available (default: %(default)s)")
+    sp.add_argument("--batch", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
+                    help="packets per engine batch (default: the engine's)")
+    sp.set_defaults(func=cmd_replay)
+
+    # run
+    sp = sub.add_parser(
+        "run", formatter_class=_Formatter,
+        help="run the home agent data plane on the TUN interfaces",
+        description=textwrap.dedent("""\
+            Start the forwarder: open the home-side and wire-side TUNs, install
+            the routes (and proxy NDP when [interfaces] home_link is set) for
+            registered home addresses, and forward with N worker threads while
+            a control thread handles Binding Updates, the control socket and
+            metrics. Runs until SIGINT/SIGTERM."""))
+    _add_common(sp)
+    sp.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                    help="worker threads, one TUN queue each (multi-queue when N > 1; "
+                         "default: %(default)s)")
+    sp.add_argument("--batch", type=_positive_int, default=None, metavar="N",
+                    help="packets read and processed per batch")
+    sp.add_argument("--home-if", metavar="NAME", default=None,
+                    help="home-side TUN name (overrides [interfaces] home)")
+    sp.add_argument("--wire-if", metavar="NAME", default=None,
+                    help="wire-side TUN name (overrides [interfaces] wire)")
+    sp.add_argument("--cpu", metavar="LIST", default=None,
+                    help="pin workers to these CPUs, e.g. 2-5 or 2,4,6")
+    sp.add_argument("--control-socket", metavar="PATH", default=None,
+                    help="unix socket for 'fastpath ctl' (read-only views)")
+    sp.add_argument("--metrics", metavar="ADDR:PORT", type=_hostport, default=None,
+                    help="serve counters in Prometheus text format on ADDR:PORT")
+    sp.set_defaults(func=cmd_run)
+
+    # ctl
+    sp = sub.add_parser(
+        "ctl", formatter_class=_Formatter,
+        help="read-only views of a running forwarder",
+        description=textwrap.dedent("""\
+            Ask a running forwarder over its control socket: 'status' (uptime,
+            workers), 'bindings' (HoA -> CoA, lifetime left), 'sas' (SA table
+            with sequence numbers) or 'counters' (packets, bytes and drops by
+            reason, per SA and in total). Nothing can be changed from here."""))
+    _add_common(sp, config=False)
+    sp.add_argument("--socket", metavar="PATH", default=None,
+                    help="control socket of the forwarder (default: the forwarder's)")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sp.add_argument("view", choices=("status", "bindings", "sas", "counters"),
+                    help="what to show")
+    sp.set_defaults(func=cmd_ctl)
+
+    # demo
+    sp = sub.add_parser(
+        "demo", formatter_class=_Formatter,
+        help="CN-HA-MN demo in network namespaces",
+        description=textwrap.dedent("""\
+            Build a correspondent node, the home agent and a mobile node in
+            network namespaces, run traffic through the HA, move the MN to a new
+            care-of address mid-stream, print what happened and clean up.
+            Needs root."""))
+    _add_common(sp, config=False)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+# --------------------------------------------------------------------------
+# entry point
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_fastpath_cli", False):
+            root.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h._fastpath_cli = True  # type: ignore[attr-defined]
+    h.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    root.addHandler(h)
+    root.setLevel(getattr(logging, level.upper()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:           # --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    _setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"{PROG}: {p}", file=sys.stderr)
+        if len(e.problems) > 1:
+            print(f"{PROG}: {len(e.problems)} problems; nothing was started",
+                  file=sys.stderr)
+        return 2
+    except PcapError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:           # e.g. 'fastpath keys ... | head -1'
+        # Python flushes stdout at exit; point it at /dev/null so that
+        # flush cannot fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":           # pragma: no cover
+    sys.exit(main())
