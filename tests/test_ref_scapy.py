@@ -174,6 +174,14 @@ def test_walk_chain_finds_hao_and_upper_layer():
     assert chain.offset == 40 + 8 + 24
     assert chain.hoa == HOA
     assert chain.nh_field == 48          # the destination options header's first byte
+    # Two HAOs (in two headers, or in one): the last one counts.
+    two = raw(IPv6(src=S(COA), dst=S(HA)) / IPv6ExtHdrDestOpt(options=[HAO(hoa=S(OTHER_HOA))])
+              / IPv6ExtHdrDestOpt(options=[HAO(hoa=S(HOA))]) / MIP6MH_BU())
+    assert walk_chain(two).hoa == HOA
+    options = hao_destopt(OTHER_HOA, 135)[2:] + hao_destopt(HOA, 135)[2:]
+    assert ipv6.find_hao(options) == HOA
+    # A type-201 option of another length is not a HAO.
+    assert ipv6.find_hao(bytes([201, 4, 0, 0, 0, 0])) is None
 
 
 # --- scapy interop, both ways, every algorithm, every pad length --------------
@@ -315,16 +323,17 @@ def test_refsa_refuses_wrong_key_sizes_and_seq_range():
 # --- ReplayWindow ----------------------------------------------------------------
 
 class WindowModel:
-    """The doc's words, literally: T highest accepted, W bits."""
+    """The doc's words, literally: T highest accepted, W bits; and 0, never
+    sent, is never accepted."""
 
     def __init__(self, w, esn):
         self.w, self.esn, self.top, self.seen = w, esn, 0, set()
 
     def check(self, s):
+        if s == 0:
+            return False
         if self.w == 0:
             return True
-        if not self.esn and s == 0:
-            return False
         if s > self.top:
             return True
         if s + self.w <= self.top:
@@ -361,7 +370,9 @@ def test_replay_window_edges():
     assert win.check(2001)
     off = ReplayWindow(0, esn=False)
     off.commit(5)
-    assert off.check(5) and off.check(0)          # window 0: no replay check at all
+    assert off.check(5) and off.check(4)          # window 0: no replay check...
+    assert not off.check(0)                       # ...but 0 is never a valid number
+    assert not ReplayWindow(64, esn=True).check(0)
 
 
 @settings(max_examples=300, deadline=None)
@@ -369,13 +380,12 @@ def test_replay_window_edges():
        offset=st.integers(0, M32))
 def test_esn_inference_recovers_every_seq_of_its_span(w, top, offset):
     """RFC 4303 A2.1: the inferred number is the one candidate in
-    [T - W + 1, T - W + 1 + 2^32) (W = 2^31 with the window off); below 0 the
-    span starts at 0."""
+    [T - W + 1, T - W + 1 + 2^32) (W = 2^31 with the window off); a candidate
+    below 0 (before the SA's first packet) comes back as 0, never accepted."""
     win = ReplayWindow(w, esn=True)
     win.top = top
-    start = max(top - (w or 1 << 31) + 1, 0)
-    seq = start + offset
-    assert win.infer(seq & M32) == seq
+    seq = top - (w or 1 << 31) + 1 + offset
+    assert win.infer(seq % (1 << 32)) == max(seq, 0)
 
 
 def test_esn_inference_examples():
@@ -388,6 +398,8 @@ def test_esn_inference_examples():
     assert win.infer(4000) == (5 << 32) + 4000
     assert win.infer(3000) == (6 << 32) + 3000    # below the window: next subspace
     assert ReplayWindow(64, esn=False).infer(M32) == M32
+    fresh = ReplayWindow(1024, esn=True)          # T = 0: the window hangs below 0
+    assert fresh.infer(M32 - 5) == 0 and fresh.infer(5) == 5
 
 
 # --- RefEngine: outbound -------------------------------------------------------
@@ -557,8 +569,9 @@ def test_decap_replay_duplicate_too_old_and_order_before_icv():
     assert eng.counters()["sa"][SPI_IN]["drops"]["replay"] == 4
 
 
-def test_decap_seq_zero_is_a_replay_without_esn():
-    eng = engine()
+@pytest.mark.parametrize("esn,window", [(False, 1024), (False, 0), (True, 1024)])
+def test_decap_seq_zero_is_a_replay(esn, window):
+    eng = engine(esn=esn, window=window)
     assert verdicts(eng.decap([from_mn(eng, inner_up(), seq=0)])) == [
         (Verdict.DROP, Reason.REPLAY)]
 
@@ -572,9 +585,13 @@ def test_decap_window_zero_accepts_duplicates():
 @pytest.mark.parametrize("name", ["aes128-sha1", "aes128gcm16", "null-sha256"])
 def test_decap_esn_across_2_32(name):
     eng = engine(name, esn=True)
-    send = [M32 - 2, (1 << 32) + 1, M32 - 4, M32 - 2, (1 << 32) + 1, (1 << 32) + 2]
+    # Before T reaches W - 1 the window hangs below 0: a low half that would
+    # belong there is refused as a replay.
+    assert verdicts(eng.decap([from_mn(eng, inner_up(), seq=M32 - 2)])) == [
+        (Verdict.DROP, Reason.REPLAY)]
+    send = [2000, M32 - 2, (1 << 32) + 1, M32 - 4, M32 - 2, (1 << 32) + 1, (1 << 32) + 2]
     res = eng.decap([from_mn(eng, inner_up(), seq=s) for s in send])
-    assert verdicts(res) == [(Verdict.TO_HOME, Reason.NONE)] * 3 + \
+    assert verdicts(res) == [(Verdict.TO_HOME, Reason.NONE)] * 4 + \
         [(Verdict.DROP, Reason.REPLAY)] * 2 + [(Verdict.TO_HOME, Reason.NONE)]
     assert eng.sa("in", SPI_IN).replay.top == (1 << 32) + 2
     # Far below the window a low half is read as the next subspace (A2.1):
@@ -707,7 +724,10 @@ def test_decap_extension_chain_limits():
     past_end = bytes([59, 4]) + bytes(6)               # claims 40 bytes, has 8
     short = ipv6_header(COA, HA, 60, len(past_end)) + past_end
     no_length = ipv6_header(COA, HA, 0, 1) + b"\x3b"     # hop-by-hop of a single byte
-    assert verdicts(eng.decap([short, no_length])) == [(Verdict.DROP, Reason.MALFORMED)] * 2
+    bad_option = bytes([59, 0, 1, 5, 0, 0, 0, 0])          # PadN claims 5 bytes, has 4
+    bad_option = ipv6_header(COA, HA, 60, 8) + bad_option
+    assert verdicts(eng.decap([short, no_length, bad_option])) == \
+        [(Verdict.DROP, Reason.MALFORMED)] * 3
 
 
 @pytest.mark.parametrize("name", ALG_NAMES)

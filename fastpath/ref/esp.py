@@ -240,6 +240,9 @@ class ReplayWindow:
 
     T (``top``) is the highest sequence number accepted so far (0 before
     the first). Bit i of ``bitmap`` records whether T - i has been accepted.
+    The 64-bit number 0 is never sent (counters start at 1), so it is always
+    refused, window or not, ESN or not; infer() maps numbers that would fall
+    before it to 0 as well.
     """
 
     def __init__(self, size: int, esn: bool):
@@ -257,8 +260,8 @@ class ReplayWindow:
         half is T's, or the next one when seq_lo is below the window, or the
         previous one when the window straddles a 2^32 boundary and seq_lo
         lies in its older part. Without a window, 2^31 stands in for W so the
-        candidate closest to T wins. There is no subspace before 0: the
-        "previous" high half of 0 stays 0.
+        candidate closest to T wins. There is no subspace before the first:
+        a number that would fall there comes back as 0 (refused by check()).
         """
         if not self.esn:
             return seq_lo
@@ -269,14 +272,16 @@ class ReplayWindow:
             hi = th if seq_lo >= bottom else th + 1
         else:                    # window spans two subspaces
             hi = th - 1 if seq_lo >= bottom else th
-        return max(hi, 0) << 32 | seq_lo
+        if hi < 0:
+            return 0
+        return hi << 32 | seq_lo
 
     def check(self, seq: int) -> bool:
         """True if ``seq`` (64-bit) may be accepted (pre-check, no state change)."""
+        if seq == 0:
+            return False
         if self.size == 0:
             return True
-        if not self.esn and seq == 0:
-            return False
         if seq > self.top:
             return True
         if seq + self.size <= self.top:

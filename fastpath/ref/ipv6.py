@@ -102,9 +102,11 @@ def walk_chain(pkt: bytes, start: int = 0) -> Chain:
     """Skip hop-by-hop, routing and destination-options headers of the IPv6
     packet at ``pkt[start:]``.
 
-    Raises ChainError(MALFORMED) when a header runs past the end of the
-    packet or when more than MAX_EXT_HEADERS headers would be skipped.
-    The packet's outer well-formedness is the caller's business.
+    Raises ChainError(MALFORMED) when a header (or an option inside a
+    destination-options header) runs past its end, or when more than
+    MAX_EXT_HEADERS headers would be skipped. When several Home Address
+    options appear, the last one counts. ``pkt[start:]`` must hold at least a
+    fixed header; the rest of its well-formedness is the caller's business.
     """
     nh_field = start + 6
     nh = pkt[nh_field]
@@ -119,8 +121,8 @@ def walk_chain(pkt: bytes, start: int = 0) -> Chain:
         size = (pkt[off + 1] + 1) * 8
         if off + size > len(pkt):
             raise ChainError(Reason.MALFORMED, "extension header past the end")
-        if nh == NH_DSTOPTS and hoa is None:
-            hoa = find_hao(pkt[off + 2:off + size])
+        if nh == NH_DSTOPTS:
+            hoa = find_hao(pkt[off + 2:off + size]) or hoa
         count += 1
         nh_field = off
         nh = pkt[off]
@@ -129,27 +131,26 @@ def walk_chain(pkt: bytes, start: int = 0) -> Chain:
 
 
 def find_hao(options: bytes) -> bytes | None:
-    """The address of the first Home Address option (type 201, length 16)
-    among the TLV options of one destination-options header.
+    """The address of the last Home Address option (type 201, length 16)
+    among the TLV options of one destination-options header, or None.
 
     An option of type 201 with another length is not a HAO and is skipped;
-    an option running past its header ends the scan (nothing found there).
+    an option running past its header raises ChainError(MALFORMED).
     """
+    hoa = None
     i = 0
     while i < len(options):
         kind = options[i]
         if kind == OPT_PAD1:
             i += 1
             continue
-        if i + 2 > len(options):
-            return None
+        if i + 2 > len(options) or i + 2 + options[i + 1] > len(options):
+            raise ChainError(Reason.MALFORMED, "option past the end of its header")
         length = options[i + 1]
-        if i + 2 + length > len(options):
-            return None
         if kind == OPT_HAO and length == HAO_LEN:
-            return bytes(options[i + 2:i + 2 + HAO_LEN])
+            hoa = bytes(options[i + 2:i + 2 + HAO_LEN])
         i += 2 + length
-    return None
+    return hoa
 
 
 def hao_destopt(hoa: bytes, nh: int) -> bytes:
