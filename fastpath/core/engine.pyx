@@ -277,6 +277,7 @@ cdef class Engine:
             elif self.fixed_ivs and kk.kind == KIND_GCM:
                 ivp = b.c_iv + i * 16           # tests: a published vector's explicit IV
             esp_frame_out(j, kk, p, n, sa.spi, seq, sa.esn, 41, ivp)
+            j.plen = n
             hl = 8 + kk.iv_len
             outer = p - hl - 40
             memcpy(outer, self.t.eps[e].hdr, 40)
@@ -297,8 +298,7 @@ cdef class Engine:
                 continue
             self.verdicts[V_TO_WIRE] += 1
             fp_add_u64(&self.t.hot[j.sa].packets, 1)
-            fp_add_u64(&self.t.hot[j.sa].bytes,
-                       <uint64_t>(j.ct_len - 2 - j.ct[j.ct_len - 2]))
+            fp_add_u64(&self.t.hot[j.sa].bytes, <uint64_t>j.plen)
 
     # -- inbound ----------------------------------------------------------------
     cdef void _decap(self, Batch b) noexcept nogil:
@@ -493,7 +493,7 @@ cdef class Engine:
             r.mh_offset = j.esp_off
             memcpy(r.data, q, newlen)
             fp_add_u64(&self.t.hot[s].packets, 1)
-            fp_add_u64(&self.t.hot[s].bytes, <uint64_t>plen)
+            fp_add_u64(&self.t.hot[s].bytes, <uint64_t>newlen)
             self._verdict(b, i, V_BINDING, R_NONE, s)
             return
         fp_add_u64(&self.t.hot[s].packets, 1)

@@ -56,6 +56,7 @@ cdef struct fp_job:
     int ok              # decap: 1 when the ICV matched
     # engine bookkeeping carried from framing to verdict (not used by crypto)
     uint64_t seq
+    int32_t plen        # payload length (encap: the inner packet)
     int32_t esp_off     # offset of the ESP header in the packet
     int32_t nh_pos      # offset of the next-header byte that names ESP
     const uint8_t *hoa  # Home Address option's address, if any
