@@ -73,7 +73,7 @@ cdef inline bint is_home_test(const uint8_t *p, int32_t n) noexcept nogil:
     cdef int32_t off = 40
     cdef uint8_t nh = p[6]
     cdef int i
-    for i in range(MAX_EXT_HEADERS):
+    for i in range(MAX_EXT_HEADERS + 1):     # up to 8 extension headers, then the MH
         if nh == 135:
             return off + 3 <= n and p[off + 2] == 3
         if nh != 0 and nh != 43 and nh != 60:
@@ -418,12 +418,12 @@ cdef class Engine:
             self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
             return
         mn = &self.t.mns[m]
-        if mn.sa[PURPOSE_PAYLOAD][DIR_IN] >= 0:
-            self._verdict(b, i, V_DROP, R_POLICY, -1)     # its payload must come under ESP
-            return
         e = fp_load_acq_i32(&mn.ep)
         if e < 0:
             self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+            return
+        if mn.sa[PURPOSE_PAYLOAD][DIR_IN] >= 0:
+            self._verdict(b, i, V_DROP, R_POLICY, -1)     # its payload must come under ESP
             return
         if memcmp(p + 8, self.t.eps[e].hdr + 24, 16) != 0:
             self._verdict(b, i, V_DROP, R_POLICY, -1)

@@ -198,10 +198,17 @@ class RefEngine:
     # --- inbound --------------------------------------------------------------
 
     def decap(self, packets: list[bytes]) -> list[Result]:
-        """Wire side → home side (or the control plane)."""
-        return [self._decap_one(bytes(p)) for p in packets]
+        """Wire side → home side (or the control plane), as one batch.
 
-    def _decap_one(self, pkt: bytes) -> Result:
+        Like the compiled engine, a batch takes two passes: every ESP packet
+        is pre-checked (ESN inference, replay window) against the window as
+        it stood when the batch began; then, in order, each is opened and
+        committed, and the commit checks the window again. A second copy of
+        a packet within one batch is therefore a replay at commit time."""
+        staged = [self._decap_one(bytes(p)) for p in packets]
+        return [s() if callable(s) else s for s in staged]
+
+    def _decap_one(self, pkt: bytes):
         if not well_formed(pkt):                                    # 1
             return self._drop(Reason.MALFORMED)
         try:                                                        # 2
@@ -227,10 +234,17 @@ class RefEngine:
         seq = sa.replay.infer(seq_lo)
         if not sa.replay.check(seq):
             return self._drop(Reason.REPLAY, sa)
+        return lambda: self._open_esp(pkt, chain, sa, esp, seq)
+
+    def _open_esp(self, pkt: bytes, chain: ipv6.Chain, sa: SaEntry, esp: bytes,
+                  seq: int) -> Result:
+        """Second pass: ICV, decryption, padding, then the replay commit."""
         try:
             _, payload, nh = sa.esp.open(esp, seq >> 32)
         except EspDrop as e:
             return self._drop(e.reason, sa)
+        if not sa.replay.check(seq):     # taken meanwhile by this batch
+            return self._drop(Reason.REPLAY, sa)
         sa.replay.commit(seq)
         if nh == NH_NONE:   # RFC 4303 §2.6: valid, and meant to be discarded
             return self._drop(Reason.DUMMY, sa)
