@@ -298,10 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
             Feed a capture through the same engine the forwarder uses, in
             packet order: packets addressed to the HA address are wire-side
             input (ESP, IPv6-in-IPv6, Binding Updates), packets addressed to a
-            home address are home-side input (to be tunnelled to the MN). A
-            Binding Update in the capture moves the binding for the packets
-            after it. Everything fastpath emits, on either side, is written to
-            OUT in order; counters are printed at the end.
+            home address are home-side input (to be tunnelled to the MN).
+            Everything fastpath emits, on either side, is written to OUT in
+            order; counters are printed at the end. Bindings come from the
+            config's care_of_address: in this build a Binding Update in the
+            capture is authenticated and counted, then dropped (the control
+            plane that processes it is not part of this build yet).
 
             IN and OUT are classic pcap files of raw IPv6 packets
             (LINKTYPE_RAW), such as a capture on the fp-wire / fp-home TUNs."""))
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="crypto backend: intel-ipsec-mb, OpenSSL EVP, or auto = the "
                          "fastest available (default: %(default)s)")
     sp.add_argument("--batch", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
-                    help="packets per engine batch (default: the engine's)")
+                    help="packets per engine batch (default: 64)")
     sp.set_defaults(func=cmd_replay)
 
     # run
