@@ -14,6 +14,7 @@ cdef enum:
     HASH_SHA256 = 2
     BACKEND_OPENSSL = 1
     BACKEND_IPSECMB = 2
+    MB_BURST = 128          # intel-ipsec-mb's largest burst
 
 # Key material of one SA: set up once, read-only afterwards, shared by workers.
 cdef struct fp_keys:
@@ -71,12 +72,15 @@ cdef class CryptoWorker:
     cdef int capacity
     cdef EVP_CIPHER_CTX **ctx      # per SA, lazily keyed, this worker only
     cdef fp_mb_mgr *mb
+    cdef void *gcm_ctx             # ipsec-mb GCM scratch (struct gcm_context_data)
+    cdef void *burst               # ipsec-mb job array for bursts (MB_BURST jobs)
     cdef void seal(self, fp_job *jobs, int n) noexcept nogil
     cdef void open(self, fp_job *jobs, int n) noexcept nogil
     cdef EVP_CIPHER_CTX *_ctx(self, fp_job *j, int enc) noexcept nogil
     cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
     cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil
     cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil
+    cdef void _mb_burst(self, fp_job *jobs, int n, int encrypt) noexcept nogil
 
 
 cdef inline void _be32(uint8_t *p, uint32_t v) noexcept nogil:

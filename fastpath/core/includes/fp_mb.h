@@ -131,6 +131,36 @@ static inline void fp_mb_job_cbc_hmac(fp_mb_job *j, int encrypt, int sha256,
     j->user_data = user;
 }
 
+/* -- direct AES-GCM calls: faster than the job manager for GCM (no lanes to fill) */
+static inline size_t fp_mb_gcm_ctx_size(void) { return sizeof(struct gcm_context_data); }
+static inline void fp_mb_gcm_one(fp_mb_mgr *m, int encrypt, const void *gkd, int key_len, void *ctx,
+                                 uint8_t *data, uint64_t len, const uint8_t *iv12,
+                                 const uint8_t *aad, uint64_t aad_len, uint8_t *tag) {
+    const struct gcm_key_data *k = (const struct gcm_key_data *)gkd;
+    struct gcm_context_data *c = (struct gcm_context_data *)ctx;
+    if (key_len == 16) {
+        if (encrypt) IMB_AES128_GCM_ENC(m, k, c, data, data, len, iv12, aad, aad_len, tag, 16);
+        else IMB_AES128_GCM_DEC(m, k, c, data, data, len, iv12, aad, aad_len, tag, 16);
+    } else {
+        if (encrypt) IMB_AES256_GCM_ENC(m, k, c, data, data, len, iv12, aad, aad_len, tag, 16);
+        else IMB_AES256_GCM_DEC(m, k, c, data, data, len, iv12, aad, aad_len, tag, 16);
+    }
+}
+
+/* -- CBC + HMAC as bursts: one cipher burst, one hash burst over an array of
+ * jobs that share key size and hash (the lanes stay full; no job queue). */
+static inline size_t fp_mb_job_size(void) { return sizeof(IMB_JOB); }
+static inline fp_mb_job *fp_mb_burst_at(void *arr, int i) { return ((IMB_JOB *)arr) + i; }
+static inline int fp_mb_cipher_burst(fp_mb_mgr *m, void *arr, int n, int encrypt, int key_len) {
+    return (int)IMB_SUBMIT_CIPHER_BURST_NOCHECK(m, (IMB_JOB *)arr, (uint32_t)n, IMB_CIPHER_CBC,
+                                                encrypt ? IMB_DIR_ENCRYPT : IMB_DIR_DECRYPT,
+                                                key_len == 16 ? IMB_KEY_128_BYTES : IMB_KEY_256_BYTES);
+}
+static inline int fp_mb_hash_burst(fp_mb_mgr *m, void *arr, int n, int sha256) {
+    return (int)IMB_SUBMIT_HASH_BURST_NOCHECK(m, (IMB_JOB *)arr, (uint32_t)n,
+                                              sha256 ? IMB_AUTH_HMAC_SHA_256 : IMB_AUTH_HMAC_SHA_1);
+}
+
 #else  /* built without intel-ipsec-mb: the backend reports itself missing */
 typedef struct fp_mb_mgr fp_mb_mgr;
 typedef struct fp_mb_job fp_mb_job;
@@ -150,5 +180,11 @@ static inline int fp_mb_job_ok(const fp_mb_job *j) { (void)j; return 0; }
 static inline void *fp_mb_job_user(const fp_mb_job *j) { (void)j; return NULL; }
 static inline void fp_mb_job_gcm(fp_mb_job *j, int e, const void *g, int l, uint8_t *d, uint64_t n, const uint8_t *iv, const uint8_t *a, uint64_t al, uint8_t *t, void *u) { (void)j; (void)e; (void)g; (void)l; (void)d; (void)n; (void)iv; (void)a; (void)al; (void)t; (void)u; }
 static inline void fp_mb_job_cbc_hmac(fp_mb_job *j, int e, int s, const void *ek, const void *dk, int l, uint8_t *st, uint64_t co, uint64_t cl, uint64_t hl, const uint8_t *iv, const uint8_t *ip, const uint8_t *op, uint8_t *t, int tl, void *u) { (void)j; (void)e; (void)s; (void)ek; (void)dk; (void)l; (void)st; (void)co; (void)cl; (void)hl; (void)iv; (void)ip; (void)op; (void)t; (void)tl; (void)u; }
+static inline size_t fp_mb_gcm_ctx_size(void) { return 0; }
+static inline void fp_mb_gcm_one(fp_mb_mgr *m, int e, const void *g, int l, void *c, uint8_t *d, uint64_t n, const uint8_t *iv, const uint8_t *a, uint64_t al, uint8_t *t) { (void)m; (void)e; (void)g; (void)l; (void)c; (void)d; (void)n; (void)iv; (void)a; (void)al; (void)t; }
+static inline size_t fp_mb_job_size(void) { return 0; }
+static inline fp_mb_job *fp_mb_burst_at(void *arr, int i) { (void)arr; (void)i; return NULL; }
+static inline int fp_mb_cipher_burst(fp_mb_mgr *m, void *a, int n, int e, int l) { (void)m; (void)a; (void)n; (void)e; (void)l; return 0; }
+static inline int fp_mb_hash_burst(fp_mb_mgr *m, void *a, int n, int s) { (void)m; (void)a; (void)n; (void)s; return 0; }
 #endif
 #endif

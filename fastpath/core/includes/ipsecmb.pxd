@@ -28,3 +28,11 @@ cdef extern from "fp_mb.h" nogil:
                             uint64_t hash_len, const uint8_t *iv,
                             const uint8_t *ipad, const uint8_t *opad,
                             uint8_t *tag, int tag_len, void *user)
+    size_t fp_mb_gcm_ctx_size()
+    void fp_mb_gcm_one(fp_mb_mgr *m, int encrypt, const void *gkd, int key_len, void *ctx,
+                       uint8_t *data, uint64_t len, const uint8_t *iv12,
+                       const uint8_t *aad, uint64_t aad_len, uint8_t *tag)
+    size_t fp_mb_job_size()
+    fp_mb_job *fp_mb_burst_at(void *arr, int i)
+    int fp_mb_cipher_burst(fp_mb_mgr *m, void *arr, int n, int encrypt, int key_len)
+    int fp_mb_hash_burst(fp_mb_mgr *m, void *arr, int n, int sha256)
