@@ -266,12 +266,12 @@ cdef class CryptoWorker:
                 _mb_finish(j, encrypt)
                 i += 1
                 continue
-            # CBC/NULL + HMAC: a run of jobs sharing key size and hash goes as
-            # one cipher burst and one hash burst, so the SIMD lanes stay full.
+            # CBC/NULL + HMAC: a run of jobs of one SA goes as one cipher burst
+            # and one hash burst, so the SIMD lanes stay full. (A cipher burst
+            # must not mix keys: ipsec-mb 1.3 ciphers the whole burst with the
+            # first job's key schedule.)
             r = i + 1
-            while (r < n and r - i < MB_BURST and jobs[r].keys.kind == j.keys.kind
-                   and jobs[r].keys.enc_key_len == j.keys.enc_key_len
-                   and jobs[r].keys.hash == j.keys.hash):
+            while r < n and r - i < MB_BURST and jobs[r].keys == j.keys:
                 r += 1
             self._mb_burst(jobs + i, r - i, encrypt)
             i = r
