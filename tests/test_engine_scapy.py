@@ -60,3 +60,29 @@ def test_decap_opens_scapy_packets(alg, esn, backend):
     # the same packets again are replays
     got, _ = topo.run("decap", wire[:4])
     assert {r for _, r, _ in got} == {Reason.REPLAY}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ["aes128-sha1", "aes128gcm16"])
+def test_packet_too_big_checked_by_scapy(alg, backend):
+    """An inner packet that cannot fit the tunnel is answered with an ICMPv6
+    Packet Too Big that scapy parses, checksum included, with the largest
+    inner size that does fit (RFC 2473 §7.1, RFC 4443 §3.2)."""
+    from scapy.layers.inet6 import ICMPv6PacketTooBig, in6_chksum
+    topo = make_topo(alg, False, backend)
+    big = inner(CN, MN1, 1500)
+    got, _ = topo.run("encap", [big, inner(CN, MN1, 1280 + 100)])
+    (v, r, out), (v2, r2, out2) = got
+    assert (v, r) == (Verdict.TO_HOME, Reason.TOO_BIG)
+    p = IPv6(out)
+    assert (p.src, p.dst, p.nh) == (ntop(HA), ntop(CN), 58)
+    ptb = p[ICMPv6PacketTooBig]
+    assert len(out) == 1280 and bytes(ptb.payload) == big[:1280 - 48]
+    a = get(alg)
+    fits = ((1500 - 48 - a.iv_len - a.icv_len) // a.align) * a.align - 2
+    assert ptb.mtu == fits
+    assert in6_chksum(58, p, bytes(ptb)[:2] + b"\0\0" + bytes(ptb)[4:]) == ptb.cksum
+    # a packet that does fit is tunnelled; the next size up is refused
+    ok, _ = topo.run("encap", [inner(CN, MN1, fits), inner(CN, MN1, fits + 1)])
+    assert ok[0][0] == Verdict.TO_WIRE and ok[1][1] == Reason.TOO_BIG
+    assert (v2, r2) == (Verdict.TO_WIRE, Reason.NONE)

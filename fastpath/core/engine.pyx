@@ -18,6 +18,8 @@ from fastpath.core.sad cimport *
 from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit
 from fastpath.core.includes.atomic cimport *
 from fastpath.core.includes.openssl cimport RAND_bytes
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from fastpath.verdicts import REASON_NAMES, Verdict
 
@@ -63,19 +65,37 @@ cdef inline void wr16(uint8_t *p, uint32_t v) noexcept nogil:
     p[0] = <uint8_t>(v >> 8)
     p[1] = <uint8_t>v
 
+cdef inline uint32_t csum_add(uint32_t sum, const uint8_t *p, int32_t n) noexcept nogil:
+    cdef int32_t k = 0
+    while k + 1 < n:
+        sum += (<uint32_t>p[k] << 8) | p[k + 1]
+        k += 2
+    if k < n:
+        sum += <uint32_t>p[k] << 8
+    return sum
+
+
+cdef inline uint16_t csum_fold(uint32_t sum) noexcept nogil:
+    while sum >> 16:
+        sum = (sum & 0xffff) + (sum >> 16)
+    return <uint16_t>(~sum & 0xffff)
+
+
 cdef inline bint ipv6_ok(const uint8_t *p, int32_t n) noexcept nogil:
     """A whole IPv6 packet: version 6 and payload length matching."""
     return n >= 40 and (p[0] >> 4) == 6 and 40 + <int32_t>rd16(p + 4) == n
 
 
-cdef inline bint is_home_test(const uint8_t *p, int32_t n) noexcept nogil:
-    """Inner packet is a Home Test (MH type 3), found through the chain."""
+cdef inline bint is_mh_type(const uint8_t *p, int32_t n, uint8_t mh_type) noexcept nogil:
+    """Inner packet is a Mobility Header of this type, found through the chain
+    (Home Test, 3, at the HA; Home Test Init, 1, at the MN: they take the
+    return-routability SA)."""
     cdef int32_t off = 40
     cdef uint8_t nh = p[6]
     cdef int i
     for i in range(MAX_EXT_HEADERS + 1):     # up to 8 extension headers, then the MH
         if nh == 135:
-            return off + 3 <= n and p[off + 2] == 3
+            return off + 3 <= n and p[off + 2] == mh_type
         if nh != 0 and nh != 43 and nh != 60:
             return False
         if off + 2 > n:
@@ -102,6 +122,10 @@ cdef class Engine:
     cdef uint8_t *rnd
     cdef int rnd_pos
     cdef public bint fixed_ivs          # take CBC IVs from batch.ivs (tests)
+    cdef public double ptb_rate         # ICMPv6 Packet Too Big per second (token bucket)
+    cdef public double ptb_burst
+    cdef double ptb_tokens
+    cdef double ptb_last
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t verdicts[N_VERDICTS]
 
@@ -123,6 +147,9 @@ cdef class Engine:
         if self.jobs == NULL or self.bindings == NULL or self.rnd == NULL:
             raise MemoryError()
         self.rnd_pos = RND_BYTES
+        self.ptb_rate = 100.0
+        self.ptb_burst = 100.0
+        self.ptb_tokens = 100.0
         self.worker = sad.register_worker()
 
     def __dealloc__(self):
@@ -201,15 +228,137 @@ cdef class Engine:
 
     cdef inline const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
         """A CBC IV: unpredictable, drawn from a bulk RAND_bytes buffer."""
-        cdef const uint8_t *iv
         if self.fixed_ivs:
             return b.c_iv + i * 16
+        return self._iv_scratch()
+
+    cdef bint _ptb_token(self) noexcept nogil:
+        cdef timespec ts
+        cdef double now
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        now = ts.tv_sec + ts.tv_nsec * 1e-9
+        self.ptb_tokens += (now - self.ptb_last) * self.ptb_rate
+        self.ptb_last = now
+        if self.ptb_tokens > self.ptb_burst:
+            self.ptb_tokens = self.ptb_burst
+        if self.ptb_tokens < 1.0:
+            return False
+        self.ptb_tokens -= 1.0
+        return True
+
+    cdef void _too_big(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s,
+                       int32_t inner_mtu) noexcept nogil:
+        """The packet does not fit the tunnel: answer its source with an ICMPv6
+        Packet Too Big (RFC 2473 §7.1, RFC 4459, RFC 4443 §3.2), built in place
+        around the packet's own first bytes; rate-limited; never for packets
+        of 1280 bytes or less (IPv6's minimum MTU) nor about ICMPv6 errors."""
+        cdef uint8_t *q = p - 48
+        cdef int32_t plen = n if n < 1280 - 48 else 1280 - 48
+        cdef uint32_t sum
+        cdef int32_t e
+        if (n <= 1280 or (p[6] == 58 and n > 40 and p[40] < 128)
+                or not self._ptb_token()):
+            self._verdict(b, i, V_DROP, R_TOO_BIG, s)
+            return
+        if inner_mtu < 1280:
+            inner_mtu = 1280
+        memset(q, 0, 48)
+        q[0] = 0x60
+        wr16(q + 4, 8 + plen)
+        q[6] = 58
+        q[7] = 64
+        memcpy(q + 8, <const uint8_t *>self.t.ha if self.t.role == ROLE_HA else p + 8, 16)
+        memcpy(q + 24, p + 8, 16)
+        q[40] = 2                       # Packet Too Big, code 0
+        q[44] = <uint8_t>(inner_mtu >> 24)
+        q[45] = <uint8_t>(inner_mtu >> 16)
+        q[46] = <uint8_t>(inner_mtu >> 8)
+        q[47] = <uint8_t>inner_mtu
+        sum = csum_add(0, q + 8, 32)    # pseudo-header: addresses, length, next header
+        sum += <uint32_t>(8 + plen) + 58
+        sum = csum_add(sum, q + 40, 8 + plen)
+        wr16(q + 42, csum_fold(sum))
+        b.c_off[i] -= 48
+        b.c_len[i] = 48 + plen
+        self._verdict(b, i, V_TO_HOME, R_TOO_BIG, s)
+
+    def seal_mobility(self, hoa, bytes mh not None, peer):
+        """A Mobility Header sealed in ESP transport mode on the mobile node's
+        binding out SA (RFC 3776 §3.1), as one packet (control plane, not per
+        packet). Home agent: IPv6(HA -> peer CoA) . RH2(HoA) . ESP . MH (a
+        Binding Ack). Mobile node: IPv6(peer = own CoA -> HA) . DestOpt(HAO =
+        HoA) . ESP . MH (a Binding Update). Returns None when the SA's sequence
+        numbers are exhausted."""
+        from fastpath.core.sad import _addr
+        cdef bytes h = _addr(hoa, "home address")
+        cdef bytes c = _addr(peer, "peer address")
+        cdef int32_t m = sad_find_mn(self.t, h)
+        cdef int32_t s, esp_len
+        cdef fp_sa *sa
+        cdef fp_job j
+        cdef uint64_t seq
+        cdef bytearray buf
+        cdef uint8_t *q
+        cdef uint8_t *body
+        cdef const uint8_t *ivp = NULL
+        if m < 0:
+            raise KeyError(f"unknown home address")
+        s = self.t.mns[m].sa[PURPOSE_BINDING][DIR_OUT]
+        if s < 0:
+            raise KeyError("this mobile node has no binding out SA")
+        sa = &self.t.sas[s]
+        seq = fp_add_fetch_u64(&self.t.hot[s].seq, 1)
+        if seq > fp_load_u64(&self.t.hot[s].seq_limit):
+            fp_add_u64(&self.t.hot[s].drops[R_SEQ_EXHAUSTED], 1)
+            return None
+        buf = bytearray(HEADROOM + 64 + len(mh) + TAILROOM)
+        q = <uint8_t *>(<char *>buf)
+        body = q + HEADROOM + 64                 # the MH; headers go in front of it
+        memcpy(body, <const char *>mh, len(mh))
+        if sa.keys.kind == KIND_CBC_HMAC:
+            ivp = self._iv_scratch()
+        memset(&j, 0, sizeof(fp_job))
+        j.sa = s
+        esp_len = esp_frame_out(&j, sa.keys, body, len(mh), sa.spi, seq, sa.esn, 135, ivp)
+        self.crypto.seal(&j, 1)
+        if not j.ok:
+            raise RuntimeError("ESP seal failed")
+        q = j.esp - 64
+        memset(q, 0, 64)
+        q[0] = 0x60
+        wr16(q + 4, 24 + esp_len)
+        q[7] = 64
+        if self.t.role == ROLE_HA:
+            q[6] = 43                            # Type 2 Routing Header carrying the HoA
+            memcpy(q + 8, self.t.ha, 16)
+            memcpy(q + 24, <const char *>c, 16)
+            q[40] = 50
+            q[41] = 2
+            q[42] = 2
+            q[43] = 1
+            memcpy(q + 48, <const char *>h, 16)
+        else:
+            q[6] = 60                            # Destination Options with the HAO
+            memcpy(q + 8, <const char *>c, 16)
+            memcpy(q + 24, self.t.ha, 16)
+            q[40] = 50
+            q[41] = 2
+            q[42] = 1                            # PadN of 4 bytes: the HAO sits at 8n+6
+            q[43] = 2
+            q[46] = 201
+            q[47] = 16
+            memcpy(q + 48, <const char *>h, 16)
+        fp_add_u64(&self.t.hot[s].packets, 1)
+        fp_add_u64(&self.t.hot[s].bytes, <uint64_t>len(mh))
+        return PyBytes_FromStringAndSize(<const char *>q, 64 + esp_len)
+
+    cdef const uint8_t *_iv_scratch(self) noexcept nogil:
+        """16 unpredictable bytes from the bulk RAND_bytes buffer."""
         if self.rnd_pos + 16 > RND_BYTES:
             RAND_bytes(self.rnd, RND_BYTES)
             self.rnd_pos = 0
-        iv = self.rnd + self.rnd_pos
         self.rnd_pos += 16
-        return iv
+        return self.rnd + self.rnd_pos - 16
 
     # -- outbound -------------------------------------------------------------
     cdef void _encap(self, Batch b) noexcept nogil:
@@ -232,7 +381,8 @@ cdef class Engine:
             if not ipv6_ok(p, n):
                 self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                 continue
-            m = sad_find_mn(self.t, p + 24)
+            # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
+            m = sad_find_mn(self.t, p + (24 if self.t.role == ROLE_HA else 8))
             if m < 0:
                 self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
                 continue
@@ -242,12 +392,12 @@ cdef class Engine:
                 self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
                 continue
             s = mn.sa[PURPOSE_PAYLOAD][DIR_OUT]
-            if mn.sa[PURPOSE_RR][DIR_OUT] >= 0 and is_home_test(p, n):
+            if mn.sa[PURPOSE_RR][DIR_OUT] >= 0 and is_mh_type(p, n, 3 if self.t.role == ROLE_HA else 1):
                 s = mn.sa[PURPOSE_RR][DIR_OUT]
             if s < 0:
                 # Plain IPv6-in-IPv6 (RFC 2473).
                 if 40 + n > <int32_t>self.t.mtu:
-                    self._verdict(b, i, V_DROP, R_TOO_BIG, -1)
+                    self._too_big(b, i, p, n, -1, self.t.mtu - 40)
                     continue
                 outer = p - 40
                 memcpy(outer, self.t.eps[e].hdr, 40)
@@ -261,7 +411,8 @@ cdef class Engine:
             kk = sa.keys
             esp_len = 8 + kk.iv_len + ((n + 2 + kk.align - 1) & ~(kk.align - 1)) + kk.icv_len
             if 40 + esp_len > <int32_t>self.t.mtu:
-                self._verdict(b, i, V_DROP, R_TOO_BIG, s)
+                self._too_big(b, i, p, n, s, ((<int32_t>self.t.mtu - 48 - kk.iv_len - kk.icv_len)
+                                              & ~(kk.align - 1)) - 2)
                 continue
             seq = fp_add_fetch_u64(&self.t.hot[s].seq, 1)
             if seq > fp_load_u64(&self.t.hot[s].seq_limit):
@@ -307,6 +458,7 @@ cdef class Engine:
         cdef uint8_t nh
         cdef uint8_t *p
         cdef const uint8_t *hoa
+        cdef const uint8_t *rh2
         cdef fp_sa *sa
         cdef fp_keys *kk
         cdef fp_job *j
@@ -327,6 +479,7 @@ cdef class Engine:
             nh_pos = 6
             off = 40
             hoa = NULL
+            rh2 = NULL
             bad = False
             cnt = 0
             while nh == 0 or nh == 43 or nh == 60:
@@ -337,6 +490,8 @@ cdef class Engine:
                 if off + hl > n:
                     bad = True
                     break
+                if nh == 43 and p[off + 2] == 2 and hl == 24:
+                    rh2 = p + off + 8         # Type 2 Routing Header (RFC 6275 §6.4)
                 if nh == 60:
                     o = off + 2
                     while o < off + hl:
@@ -390,7 +545,7 @@ cdef class Engine:
                 j.sa = s
                 j.esp_off = off
                 j.nh_pos = nh_pos
-                j.hoa = hoa
+                j.hoa = hoa if self.t.role == ROLE_HA else rh2
                 esp_frame_in(j, kk, p + off, ct_len, seq, sa.esn)
                 continue
             if nh == 41:
@@ -410,10 +565,11 @@ cdef class Engine:
         cdef uint8_t *inner = p + off
         cdef int32_t m, e
         cdef fp_mn *mn
+        cdef bint ha = self.t.role == ROLE_HA
         if not ipv6_ok(inner, n - off):
             self._verdict(b, i, V_DROP, R_MALFORMED, -1)
             return
-        m = sad_find_mn(self.t, inner + 8)
+        m = sad_find_mn(self.t, inner + (8 if ha else 24))
         if m < 0:
             self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
             return
@@ -425,6 +581,7 @@ cdef class Engine:
         if mn.sa[PURPOSE_PAYLOAD][DIR_IN] >= 0:
             self._verdict(b, i, V_DROP, R_POLICY, -1)     # its payload must come under ESP
             return
+        # HA: from the registered CoA; MN: from our home agent.
         if memcmp(p + 8, self.t.eps[e].hdr + 24, 16) != 0:
             self._verdict(b, i, V_DROP, R_POLICY, -1)
             return
@@ -458,13 +615,15 @@ cdef class Engine:
             if nxt != 41 or not ipv6_ok(j.ct, plen):
                 self._verdict(b, i, V_DROP, R_MALFORMED, s)
                 return
-            if memcmp(j.ct + 8, sa.hoa, 16) != 0:
-                self._verdict(b, i, V_DROP, R_POLICY, s)    # RFC 4301 inbound selector
+            # RFC 4301 inbound selector: HA: from the HoA; MN: to the HoA.
+            if memcmp(j.ct + (8 if self.t.role == ROLE_HA else 24), sa.hoa, 16) != 0:
+                self._verdict(b, i, V_DROP, R_POLICY, s)
                 return
             b.c_off[i] = <int32_t>(j.ct - (b.c_data + <Py_ssize_t>i * b.slot_size))
             b.c_len[i] = plen
         else:
-            # Transport mode (binding SA): the HAO must name this SA's mobile node.
+            # Transport mode (binding SA): the HAO (at the HA; the Type 2 Routing
+            # Header at the MN) must name this SA's mobile node.
             if j.hoa == NULL or memcmp(j.hoa, sa.hoa, 16) != 0:
                 self._verdict(b, i, V_DROP, R_POLICY, s)
                 return

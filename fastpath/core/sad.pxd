@@ -24,9 +24,11 @@ cdef enum:
     DIR_OUT = 1
     MODE_TRANSPORT = 0
     MODE_TUNNEL = 1
+    ROLE_HA = 0           # home agent: tunnels to mobile nodes' CoAs
+    ROLE_MN = 1           # mobile node: the mirror image, tunnels to its HA
 
 cdef struct fp_endpoint:
-    uint8_t hdr[40]       # outer IPv6 header template: src = HA, dst (bytes 24..39) = CoA
+    uint8_t hdr[40]       # outer IPv6 header template. HA: src = HA, dst = CoA; MN: src = CoA, dst = HA
     int32_t next_free     # free-list link, control thread only
 
 cdef struct fp_sa_hot:
@@ -78,8 +80,9 @@ cdef struct fp_sad:
     int32_t cap_eps
     int32_t free_ep
     fp_epoch *epochs
-    uint8_t ha[16]
+    uint8_t ha[16]        # the home agent's address (ours, or our HA's in the MN role)
     uint32_t mtu
+    uint8_t role
 
 
 cdef inline uint64_t hoa_hash(const uint8_t *a) noexcept nogil:
@@ -101,6 +104,11 @@ cdef inline int32_t sad_find_mn(const fp_sad *t, const uint8_t *hoa) noexcept no
         if memcmp(t.mns[m].hoa, hoa, 16) == 0:
             return m
         i = (i + 1) & t.mn_mask
+
+
+cdef inline const uint8_t *ep_coa(const fp_sad *t, int32_t e) noexcept nogil:
+    """The CoA of an endpoint record: its outer destination at the HA, source at the MN."""
+    return t.eps[e].hdr + (24 if t.role == ROLE_HA else 8)
 
 
 cdef inline int32_t sad_find_spi(const fp_sad *t, uint32_t spi) noexcept nogil:

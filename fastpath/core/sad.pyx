@@ -94,7 +94,7 @@ cdef class SADatabase:
     locks, so they never move."""
 
     def __cinit__(self, ha_address, int mtu=1500, int sa_capacity=64, int mn_capacity=32,
-                  bint ipsecmb=True):
+                  bint ipsecmb=True, str role="home-agent"):
         cdef int i
         cdef int arch = 0
         cdef bytes ha
@@ -103,6 +103,9 @@ cdef class SADatabase:
         ha = _addr(ha_address, "HA address")
         memcpy(self.t.ha, <const uint8_t *>ha, 16)
         self.t.mtu = mtu
+        if role not in ("home-agent", "mobile-node"):
+            raise ValueError(f"role is home-agent or mobile-node, not {role!r}")
+        self.t.role = ROLE_HA if role == "home-agent" else ROLE_MN
         self.t.cap_sas = sa_capacity
         self.t.cap_mns = mn_capacity
         self.t.sas = <fp_sa *>calloc(sa_capacity, sizeof(fp_sa))
@@ -154,6 +157,10 @@ cdef class SADatabase:
     @property
     def mtu(self):
         return self.t.mtu
+
+    @property
+    def role(self):
+        return "home-agent" if self.t.role == ROLE_HA else "mobile-node"
 
     @property
     def n_sas(self):
@@ -276,8 +283,12 @@ cdef class SADatabase:
         memset(h, 0, 40)
         h[0] = 0x60
         h[7] = 64              # outer hop limit (SPEC §2)
-        memcpy(h + 8, self.t.ha, 16)
-        memcpy(h + 24, coa, 16)
+        if self.t.role == ROLE_HA:
+            memcpy(h + 8, self.t.ha, 16)
+            memcpy(h + 24, coa, 16)
+        else:
+            memcpy(h + 8, coa, 16)
+            memcpy(h + 24, self.t.ha, 16)
         return e
 
     cdef int _publish(self, int32_t m, const uint8_t *coa) except -1:
@@ -323,6 +334,20 @@ cdef class SADatabase:
             raise KeyError(hoa)
         self._publish(m, NULL)
 
+    def relocate(self, hoa, coa):
+        """Mobile-node role only: this node moved to a new care-of address
+        (its own business: the HA learns it from the Binding Update). Traffic
+        to the HA leaves from `coa` once this returns and wait_grace() has."""
+        cdef bytes h = _addr(hoa, "home address")
+        cdef bytes c = _addr(coa, "care-of address")
+        cdef int32_t m = sad_find_mn(&self.t, h)
+        if self.t.role != ROLE_MN:
+            raise PermissionError("a home agent moves bindings only on authenticated "
+                                  "Binding Updates (SADatabase.move)")
+        if m < 0:
+            raise KeyError(hoa)
+        self._publish(m, <const uint8_t *>c)
+
     def care_of_address(self, hoa):
         """Current CoA of a home address, or None."""
         cdef bytes h = _addr(hoa, "home address")
@@ -333,7 +358,7 @@ cdef class SADatabase:
         e = fp_load_acq_i32(&self.t.mns[m].ep)
         if e < 0:
             return None
-        return PyBytes_FromStringAndSize(<const char *>self.t.eps[e].hdr + 24, 16)
+        return PyBytes_FromStringAndSize(<const char *>ep_coa(&self.t, e), 16)
 
     # -- workers and the grace period ----------------------------------------
     def register_worker(self):

@@ -179,10 +179,10 @@ class RefEngine:
         sa = self._outbound_sa(mn, pkt)                             # 3
         if sa is None:      # plain IPv6-in-IPv6 (RFC 2473)
             if ipv6.HEADER_LEN + len(pkt) > self.mtu:               # 4
-                return self._drop(Reason.TOO_BIG)
+                return self._too_big(pkt, self.mtu - ipv6.HEADER_LEN, None)
             return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_IPV6, pkt))
         if ipv6.HEADER_LEN + sa.esp.sealed_len(len(pkt)) > self.mtu:  # 4
-            return self._drop(Reason.TOO_BIG, sa)
+            return self._too_big(pkt, sa.esp.max_payload(self.mtu - ipv6.HEADER_LEN), sa)
         try:                                                        # 5
             seq = sa.next_seq()
         except EspDrop as e:
@@ -191,6 +191,21 @@ class RefEngine:
         sa.seq = seq
         self._count(sa, "out", len(pkt))
         return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_ESP, esp))
+
+    def _too_big(self, pkt: bytes, inner_mtu: int, sa: SaEntry | None) -> Result:
+        """RFC 2473 §7.1 / RFC 4459: a packet the tunnel cannot carry is answered
+        with an ICMPv6 Packet Too Big to its source (never about a packet of
+        1280 bytes or less, nor about an ICMPv6 error, RFC 4443 §2.4 e); the
+        packet itself is dropped either way and counted as too_big."""
+        icmp_error = pkt[6] == ipv6.NH_ICMPV6 and len(pkt) > 40 and pkt[40] < 128
+        if len(pkt) <= ipv6.MIN_MTU or icmp_error:
+            return self._drop(Reason.TOO_BIG, sa)
+        ptb = ipv6.packet_too_big(self.ha_address, pkt, max(inner_mtu, ipv6.MIN_MTU))
+        self._reasons["too_big"] += 1
+        if sa is not None:
+            self._per_spi[sa.spi]["drops"]["too_big"] += 1
+        self._verdicts["to_home"] += 1
+        return Verdict.TO_HOME, Reason.TOO_BIG, ptb
 
     def _outer(self, mn: MobileNode, nh: int, payload: bytes) -> bytes:
         return ipv6_header(self.ha_address, mn.coa, nh, len(payload), OUTER_HOP_LIMIT) + payload

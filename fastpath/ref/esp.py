@@ -149,6 +149,11 @@ class RefSA:
 
     # -- outbound
 
+    def max_payload(self, room: int) -> int:
+        """The longest payload whose ESP packet fits in `room` bytes."""
+        a = self.alg
+        return ((room - 8 - a.iv_len - a.icv_len) // a.align) * a.align - 2
+
     def sealed_len(self, payload_len: int) -> int:
         """Length of seal()'s output for a payload of this length."""
         a = self.alg

@@ -180,3 +180,29 @@ def mh_type(pkt: bytes, start: int = 0) -> int | None:
         return None
     # MH: payload proto(1), header length(1), MH type(1), ...
     return pkt[chain.offset + 2]
+
+
+NH_ICMPV6 = 58
+MIN_MTU = 1280          # RFC 8200 §5
+
+
+def checksum(src: bytes, dst: bytes, nh: int, upper: bytes) -> int:
+    """Internet checksum over the IPv6 pseudo-header (RFC 8200 §8.1) and `upper`."""
+    data = src + dst + len(upper).to_bytes(4, "big") + bytes(3) + bytes([nh]) + upper
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def packet_too_big(src: bytes, original: bytes, mtu: int) -> bytes:
+    """ICMPv6 Packet Too Big (RFC 4443 §3.2) from `src` to the original's
+    source, carrying as much of the original as fits in 1280 bytes."""
+    body = original[: MIN_MTU - HEADER_LEN - 8]
+    icmp = bytes([2, 0, 0, 0]) + mtu.to_bytes(4, "big") + body
+    dst = original[8:24]
+    csum = checksum(src, dst, NH_ICMPV6, icmp)
+    icmp = icmp[:2] + csum.to_bytes(2, "big") + icmp[4:]
+    return ipv6_header(src, dst, NH_ICMPV6, len(icmp)) + icmp
