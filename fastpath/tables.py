@@ -23,21 +23,46 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def sad_from_config(cfg, backend: str = "auto", *, spare_mobile_nodes: int = 0) -> SADatabase:
-    """One SADatabase holding every mobile node and SA of the config, with the
-    static bindings (`care_of_address`) applied."""
+def sad_from_config(cfg, backend: str = "auto", *, role: str = "home-agent",
+                    home_address=None, spare_mobile_nodes: int = 0) -> SADatabase:
+    """One SADatabase from a config.
+
+    home-agent: every mobile node and SA of the config, with the static
+    bindings (`care_of_address`) applied.
+    mobile-node: the mirror image for the mobile node `home_address` (default:
+    the config's only one): the same file describes both ends, so its SA
+    directions are swapped (the HA's "in" SA is what this node sends on) and
+    the care_of_address is this node's own starting CoA."""
     backend = resolve_backend(backend)
-    n_sas = sum(len(mn.sas) for mn in cfg.mobile_nodes)
+    mns = list(cfg.mobile_nodes)
+    if role == "mobile-node":
+        if home_address is None:
+            if len(mns) != 1:
+                raise ValueError("the config has several mobile nodes: name this one's "
+                                 "home address (--home-address)")
+            mns = mns[:1]
+        else:
+            import ipaddress
+            want = ipaddress.IPv6Address(home_address)
+            mns = [mn for mn in mns if mn.home_address == want]
+            if not mns:
+                raise ValueError(f"{want} is not a mobile node of {cfg.path}")
+    elif role != "home-agent":
+        raise ValueError(f"role is home-agent or mobile-node, not {role!r}")
+    swap = {"in": "out", "out": "in"} if role == "mobile-node" else {"in": "in", "out": "out"}
+    n_sas = sum(len(mn.sas) for mn in mns)
     sad = SADatabase(cfg.home_agent.address.packed, cfg.home_agent.mtu,
-                     sa_capacity=max(n_sas, 1), mn_capacity=max(len(cfg.mobile_nodes) + spare_mobile_nodes, 1),
-                     ipsecmb=(backend == "ipsecmb"))
-    for mn in cfg.mobile_nodes:
+                     sa_capacity=max(n_sas, 1), mn_capacity=max(len(mns) + spare_mobile_nodes, 1),
+                     ipsecmb=(backend == "ipsecmb"), role=role)
+    for mn in mns:
         coa = mn.care_of_address.packed if mn.care_of_address is not None else None
         sad.add_mobile_node(mn.home_address.packed, coa)
         for sa in mn.sas:
-            sad.add_sa(mn.home_address.packed, sa.purpose, sa.direction, sa.spi, sa.algorithm,
+            direction = swap[sa.direction]
+            window = sa.replay_window if sa.direction == "in" else 1024
+            sad.add_sa(mn.home_address.packed, sa.purpose, direction, sa.spi, sa.algorithm,
                        sa.enc_key, sa.auth_key, sa.salt, sa.esn,
-                       sa.replay_window if sa.direction == "in" else 0)
-    log.info("SA table: %d mobile nodes, %d SAs, crypto backend %s",
-             len(cfg.mobile_nodes), n_sas, backend)
+                       window if direction == "in" else 0)
+    log.info("SA table (%s): %d mobile nodes, %d SAs, crypto backend %s",
+             role, len(mns), n_sas, backend)
     return sad

@@ -15,6 +15,10 @@ from fastpath.ref.engine import RefEngine
 from fastpath.ref.esp import RefSA
 from fastpath.ref.ipv6 import addr, ipv6_header
 
+from pathlib import Path
+
+REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
 HA = addr("2001:db8:ffff::1")
 CN = addr("2001:db8:99::1")
 MN1 = addr("2001:db8:1::10")     # payload + RR + binding SAs

@@ -2,7 +2,8 @@
 # per-worker batch crypto over two backends (intel-ipsec-mb, OpenSSL EVP).
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.string cimport memcpy
-from fastpath.core.includes.openssl cimport EVP_CIPHER, EVP_CIPHER_CTX, SHA_CTX, SHA256_CTX
+from fastpath.core.includes.openssl cimport (EVP_CIPHER, EVP_CIPHER_CTX, SHA_CTX, SHA256_CTX,
+                                            OSSL_PARAM)
 from fastpath.core.includes.ipsecmb cimport fp_mb_mgr
 
 cdef enum:
@@ -38,6 +39,11 @@ cdef struct fp_keys:
     uint8_t *mb_ipad
     uint8_t *mb_opad
 
+# One SA's OpenSSL cipher context in one worker (SAs are one-directional).
+cdef struct fp_ossl:
+    EVP_CIPHER_CTX *c
+    uint8_t last[16]    # CBC: the context's running IV (last ciphertext block)
+
 # One packet's crypto work, filled by the framing stage of the engine.
 cdef struct fp_job:
     int32_t slot        # batch index
@@ -70,13 +76,16 @@ cdef void keys_free(fp_keys *k) noexcept nogil
 cdef class CryptoWorker:
     cdef int backend
     cdef int capacity
-    cdef EVP_CIPHER_CTX **ctx      # per SA, lazily keyed, this worker only
+    cdef fp_ossl *ctx              # per SA, lazily keyed, this worker only
+    cdef OSSL_PARAM gcm_in[3]      # per-packet GCM parameters: IV (and tag on open)
+    cdef OSSL_PARAM gcm_tag[2]
     cdef fp_mb_mgr *mb
     cdef void *gcm_ctx             # ipsec-mb GCM scratch (struct gcm_context_data)
     cdef void *burst               # ipsec-mb job array for bursts (MB_BURST jobs)
     cdef void seal(self, fp_job *jobs, int n) noexcept nogil
     cdef void open(self, fp_job *jobs, int n) noexcept nogil
-    cdef EVP_CIPHER_CTX *_ctx(self, fp_job *j, int enc) noexcept nogil
+    cdef fp_ossl *_ctx(self, fp_job *j, int enc) noexcept nogil
+    cdef bint _cbc(self, fp_ossl *o, fp_job *j, int enc) noexcept nogil
     cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
     cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil
     cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil

