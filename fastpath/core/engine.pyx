@@ -23,38 +23,6 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from fastpath.verdicts import REASON_NAMES, Verdict
 
-cdef enum:
-    V_DROP = 0
-    V_TO_WIRE = 1
-    V_TO_HOME = 2
-    V_PUNT = 3
-    V_BINDING = 4
-    N_VERDICTS = 5
-    R_NONE = 0
-    R_UNKNOWN_SPI = 1
-    R_REPLAY = 2
-    R_ICV = 3
-    R_BAD_PADDING = 4
-    R_POLICY = 5
-    R_MALFORMED = 6
-    R_NO_BINDING = 7
-    R_TOO_BIG = 8
-    R_SEQ_EXHAUSTED = 9
-    R_DUMMY = 10
-    MAX_EXT_HEADERS = 8
-    BINDING_MAX = 1280      # largest decapsulated BU/MH packet handed to the control plane
-    RND_BYTES = 16384       # CBC IVs drawn in bulk
-
-
-cdef struct fp_binding_rec:
-    int32_t slot
-    int32_t sa
-    int32_t length
-    int32_t mh_offset
-    uint64_t seq
-    uint8_t data[BINDING_MAX]
-
-
 cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
     return (<uint16_t>p[0] << 8) | p[1]
 
@@ -106,29 +74,10 @@ cdef inline bint is_mh_type(const uint8_t *p, int32_t n, uint8_t mh_type) noexce
 
 
 cdef class Engine:
-    """One worker's engine over a shared SADatabase.
+    """One worker's engine over a shared SADatabase (attributes: engine.pxd).
 
     Not thread-safe: give each worker thread its own Engine (own crypto
     contexts, own ipsec-mb manager, own random buffer, own counters)."""
-    cdef SADatabase sad
-    cdef fp_sad *t
-    cdef CryptoWorker crypto
-    cdef readonly int worker
-    cdef readonly str backend
-    cdef int max_jobs
-    cdef fp_job *jobs
-    cdef fp_binding_rec *bindings
-    cdef int n_bindings
-    cdef uint8_t *rnd
-    cdef int rnd_pos
-    cdef public bint fixed_ivs          # take CBC IVs from batch.ivs (tests)
-    cdef public double ptb_rate         # ICMPv6 Packet Too Big per second (token bucket)
-    cdef public double ptb_burst
-    cdef double ptb_tokens
-    cdef double ptb_last
-    cdef uint64_t drops[N_REASONS]
-    cdef uint64_t verdicts[N_VERDICTS]
-
     def __cinit__(self, SADatabase sad not None, str backend="auto", int max_batch=256):
         from fastpath.core.esp import ipsecmb_available
         if backend == "auto":
@@ -171,7 +120,23 @@ cdef class Engine:
             self.max_jobs = b.count
         return 0
 
-    # -- public entry points ------------------------------------------------
+    # -- entry points -------------------------------------------------------
+    cdef void run_encap(self, Batch b) noexcept nogil:
+        """encap() for a caller already without the GIL (the worker loop).
+        The batch must fit (reserve() it once first)."""
+        fp_epoch_bump(&self.t.epochs[self.worker].value)
+        self._encap(b)
+        fp_epoch_bump(&self.t.epochs[self.worker].value)
+
+    cdef void run_decap(self, Batch b) noexcept nogil:
+        fp_epoch_bump(&self.t.epochs[self.worker].value)
+        self._decap(b)
+        fp_epoch_bump(&self.t.epochs[self.worker].value)
+
+    def reserve(self, Batch b not None):
+        """Size the per-batch work arrays for batches like b (done by encap/decap)."""
+        self._reserve(b)
+
     def encap(self, Batch b not None):
         """Tunnel a batch read on the home side. Sets verdicts in place."""
         self._reserve(b)
@@ -210,7 +175,7 @@ cdef class Engine:
         }
 
     # -- helpers ------------------------------------------------------------
-    cdef inline void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil:
+    cdef void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil:
         b.c_verdict[i] = v
         b.c_reason[i] = reason
         b.c_sa[i] = sa
@@ -220,13 +185,13 @@ cdef class Engine:
             if sa >= 0:
                 fp_add_u64(&self.t.hot[sa].drops[reason], 1)
 
-    cdef inline bint _slot_ok(self, Batch b, int i) noexcept nogil:
+    cdef bint _slot_ok(self, Batch b, int i) noexcept nogil:
         # offsets/lengths are numpy arrays Python can write: never trust them.
         cdef int32_t off = b.c_off[i]
         cdef int32_t n = b.c_len[i]
         return off >= HEADROOM and n >= 0 and off + n <= b.slot_size - TAILROOM
 
-    cdef inline const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
+    cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
         """A CBC IV: unpredictable, drawn from a bulk RAND_bytes buffer."""
         if self.fixed_ivs:
             return b.c_iv + i * 16
