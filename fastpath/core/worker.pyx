@@ -1,0 +1,280 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""A forwarding worker: the loop one thread runs over its two TUN queues.
+
+The whole loop runs without the GIL: read up to a batch from the home queue,
+encapsulate, write; read up to a batch from the wire queue, decapsulate,
+write; sleep in poll() when both are empty. Packets for the control plane
+(punts, authenticated Binding Updates) go into a bounded single-producer
+ring with an eventfd to wake the control thread; a full ring drops and
+counts, it never blocks the worker.
+"""
+from libc.stdint cimport uint8_t, uint64_t, int32_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
+from libc.errno cimport errno, EAGAIN, EINTR
+from posix.unistd cimport read, write, close
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from fastpath.core.batch cimport Batch, HEADROOM
+from fastpath.core.engine cimport (Engine, fp_binding_rec, V_TO_WIRE, V_TO_HOME, V_PUNT,
+                                   BINDING_MAX)
+from fastpath.core.sad cimport SADatabase, issue_binding
+from fastpath.core.includes.atomic cimport fp_load_u64, fp_store_u64
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLIN
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK
+    int EFD_CLOEXEC
+
+cdef enum:
+    RING_SLOTS = 256
+    PUNT_DATA = 2048
+    KIND_PUNT = 1          # a wire-side packet the engine does not handle, unchanged
+    KIND_BINDING = 2       # an authenticated Mobility Header from a binding SA
+    SIDE_HOME = 0
+    SIDE_WIRE = 1
+
+cdef struct fp_punt:
+    int32_t kind
+    int32_t length
+    int32_t sa
+    int32_t mh_offset
+    uint64_t seq
+    uint8_t data[PUNT_DATA]
+
+
+cdef class PuntRing:
+    """Single producer (one worker), single consumer (the control thread)."""
+    cdef fp_punt *slots
+    cdef uint64_t head          # written by the worker
+    cdef uint64_t tail          # written by the control thread
+    cdef readonly int fd        # eventfd: readable when something was pushed
+    cdef uint64_t overflow
+
+    def __cinit__(self):
+        self.slots = <fp_punt *>calloc(RING_SLOTS, sizeof(fp_punt))
+        if self.slots == NULL:
+            raise MemoryError()
+        self.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(errno, "eventfd")
+
+    def __dealloc__(self):
+        free(self.slots)
+        if self.fd >= 0:
+            close(self.fd)
+
+    cdef bint push(self, int32_t kind, const uint8_t *data, int32_t n, int32_t sa,
+                   int32_t mh_offset, uint64_t seq) noexcept nogil:
+        cdef uint64_t h = self.head
+        cdef fp_punt *p
+        if n > PUNT_DATA or h - fp_load_u64(&self.tail) >= RING_SLOTS:
+            self.overflow += 1
+            return False
+        p = &self.slots[h % RING_SLOTS]
+        p.kind = kind
+        p.length = n
+        p.sa = sa
+        p.mh_offset = mh_offset
+        p.seq = seq
+        memcpy(p.data, data, n)
+        fp_store_u64(&self.head, h + 1)   # publish after the copy
+        return True
+
+    cdef void wake(self) noexcept nogil:
+        cdef uint64_t one = 1
+        write(self.fd, &one, 8)
+
+    def drain(self, SADatabase sad not None, int limit=RING_SLOTS):
+        """[("punt", bytes) | ("binding", VerifiedBinding)] in arrival order."""
+        cdef uint64_t buf
+        cdef uint64_t t = self.tail
+        cdef fp_punt *p
+        cdef list out = []
+        read(self.fd, &buf, 8)
+        while t < fp_load_u64(&self.head) and len(out) < limit:
+            p = &self.slots[t % RING_SLOTS]
+            if p.kind == KIND_BINDING:
+                out.append(("binding", issue_binding(sad.t.sas[p.sa].mn, &sad.t.sas[p.sa], p.seq,
+                                                     p.data, p.length, p.mh_offset)))
+            else:
+                out.append(("punt", PyBytes_FromStringAndSize(<const char *>p.data, p.length)))
+            t += 1
+            fp_store_u64(&self.tail, t)
+        return out
+
+    @property
+    def overflow_count(self):
+        return self.overflow
+
+
+cdef class Worker:
+    """One thread's forwarding loop over one queue of each TUN."""
+    cdef Engine engine
+    cdef int home_fd
+    cdef int wire_fd
+    cdef int stop_fd
+    cdef Batch home_batch
+    cdef Batch wire_batch
+    cdef readonly PuntRing punts
+    cdef uint64_t stopping
+    cdef readonly bint null_forwarder
+    cdef uint64_t rx[2]
+    cdef uint64_t tx[2]
+    cdef uint64_t tx_errors[2]
+    cdef uint64_t rx_errors[2]
+    cdef uint64_t rx_oversize[2]
+    cdef uint64_t batches[2]
+    cdef uint64_t polls
+
+    def __cinit__(self, Engine engine, int home_fd, int wire_fd, int batch=64,
+                  int max_packet=2048, bint null_forwarder=False):
+        """null_forwarder: the same loop with no transform (home -> wire and
+        wire -> home unchanged): the TUN I/O ceiling, for benchmarks."""
+        self.engine = engine
+        self.home_fd = home_fd
+        self.wire_fd = wire_fd
+        self.home_batch = Batch(batch, max_packet)
+        self.wire_batch = Batch(batch, max_packet)
+        if engine is not None:
+            engine.reserve(self.home_batch)
+        self.punts = PuntRing()
+        self.null_forwarder = null_forwarder or engine is None
+        self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.stop_fd < 0:
+            raise OSError(errno, "eventfd")
+
+    def __dealloc__(self):
+        if self.stop_fd >= 0:
+            close(self.stop_fd)
+
+    def run(self, int poll_ms=200):
+        """Forward until stop(). Call from the worker's own thread."""
+        with nogil:
+            self._loop(poll_ms)
+
+    def stop(self):
+        cdef uint64_t one = 1
+        fp_store_u64(&self.stopping, 1)
+        write(self.stop_fd, &one, 8)
+
+    def counters(self):
+        names = ("home", "wire")
+        return {
+            "rx": {names[s]: self.rx[s] for s in range(2)},
+            "tx": {names[s]: self.tx[s] for s in range(2)},
+            "rx_errors": {names[s]: self.rx_errors[s] for s in range(2)},
+            "tx_errors": {names[s]: self.tx_errors[s] for s in range(2)},
+            "rx_oversize": {names[s]: self.rx_oversize[s] for s in range(2)},
+            "batches": {names[s]: self.batches[s] for s in range(2)},
+            "polls": self.polls,
+            "punt_overflow": self.punts.overflow,
+        }
+
+    cdef void _loop(self, int poll_ms) noexcept nogil:
+        cdef pollfd fds[3]
+        cdef int nh, nw
+        cdef uint64_t buf
+        fds[0].fd = self.home_fd
+        fds[1].fd = self.wire_fd
+        fds[2].fd = self.stop_fd
+        fds[0].events = POLLIN
+        fds[1].events = POLLIN
+        fds[2].events = POLLIN
+        while not fp_load_u64(&self.stopping):
+            nh = self._read(self.home_fd, self.home_batch, SIDE_HOME)
+            if nh:
+                if self.null_forwarder:
+                    self._mark(self.home_batch, V_TO_WIRE)
+                else:
+                    self.engine.run_encap(self.home_batch)
+                self._write(self.home_batch)
+            nw = self._read(self.wire_fd, self.wire_batch, SIDE_WIRE)
+            if nw:
+                if self.null_forwarder:
+                    self._mark(self.wire_batch, V_TO_HOME)
+                else:
+                    self.engine.run_decap(self.wire_batch)
+                    self._punt(self.wire_batch)
+                self._write(self.wire_batch)
+            if nh == 0 and nw == 0:
+                self.polls += 1
+                poll(fds, 3, poll_ms)
+        read(self.stop_fd, &buf, 8)
+
+    cdef int _read(self, int fd, Batch b, int side) noexcept nogil:
+        """Read up to a batch of packets (one read() each: TUN's unit)."""
+        cdef int i = 0
+        cdef long r
+        cdef uint8_t *slot
+        while i < b.capacity:
+            slot = b.c_data + <Py_ssize_t>i * b.slot_size + HEADROOM
+            r = read(fd, slot, b.max_packet)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno != EAGAIN:
+                    self.rx_errors[side] += 1
+                break
+            if r == 0:
+                break
+            if r >= b.max_packet:           # may have been cut short: never forward it
+                self.rx_oversize[side] += 1
+                continue
+            b.c_off[i] = HEADROOM
+            b.c_len[i] = <int32_t>r
+            b.c_verdict[i] = 0
+            b.c_reason[i] = 0
+            b.c_sa[i] = -1
+            i += 1
+        b.count = i
+        self.rx[side] += i
+        if i:
+            self.batches[side] += 1
+        return i
+
+    cdef void _mark(self, Batch b, uint8_t verdict) noexcept nogil:
+        cdef int i
+        for i in range(b.count):
+            b.c_verdict[i] = verdict
+
+    cdef void _write(self, Batch b) noexcept nogil:
+        cdef int i, fd, side
+        cdef long w
+        for i in range(b.count):
+            if b.c_verdict[i] == V_TO_WIRE:
+                fd = self.wire_fd
+                side = SIDE_WIRE
+            elif b.c_verdict[i] == V_TO_HOME:
+                fd = self.home_fd
+                side = SIDE_HOME
+            else:
+                continue
+            w = write(fd, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i], b.c_len[i])
+            if w < 0:
+                self.tx_errors[side] += 1
+            else:
+                self.tx[side] += 1
+
+    cdef void _punt(self, Batch b) noexcept nogil:
+        cdef int i, k
+        cdef bint pushed = False
+        cdef fp_binding_rec *r
+        for i in range(b.count):
+            if b.c_verdict[i] == V_PUNT:
+                pushed |= self.punts.push(KIND_PUNT, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i],
+                                          b.c_len[i], -1, 0, 0)
+        for k in range(self.engine.n_bindings):
+            r = &self.engine.bindings[k]
+            pushed |= self.punts.push(KIND_BINDING, r.data, r.length, r.sa, r.mh_offset, r.seq)
+        self.engine.n_bindings = 0
+        if pushed:
+            self.punts.wake()

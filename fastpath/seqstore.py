@@ -1,0 +1,119 @@
+"""Crash-safe outbound ESP sequence numbers (SPEC §4).
+
+A restart must never send a (key, sequence number) pair twice: for GCM that
+would reuse a nonce. So the workers may only use numbers up to a *limit*
+that was first written to `state_dir` and fsync'd; the control thread moves
+the limit forward, a block at a time, well before the workers reach it. On
+start, each outbound SA resumes after the last recorded limit, whatever
+happened before (kill -9 included): at most one block per restart is skipped.
+
+The file holds one JSON object: {"<spi hex>:<key fingerprint>": limit}. The
+fingerprint ties a reservation to the key it was made under, so a rekeyed SA
+starts again from 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("fastpath.seqstore")
+
+FILE = "sequence-reservations.json"
+MIN_BLOCK = 1 << 16
+MAX_BLOCK = 1 << 24
+
+
+def fingerprint(sa_cfg) -> str:
+    h = hashlib.sha256(sa_cfg.enc_key + sa_cfg.salt + sa_cfg.auth_key).hexdigest()
+    return h[:16]
+
+
+@dataclass
+class _Reservation:
+    spi: int
+    key: str
+    limit: int            # workers may use numbers <= limit
+    block: int
+    max_seq: int          # 2^32-1, or 2^64-1 with ESN
+
+
+class SequenceStore:
+    """Owns the reservations of every outbound SA of one SA table."""
+
+    def __init__(self, state_dir, sad, sas):
+        """`sas`: the outbound SAConfig objects of the table (config.SAConfig)."""
+        self.dir = Path(state_dir)
+        self.path = self.dir / FILE
+        self.sad = sad
+        self._res: dict[int, _Reservation] = {}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved = self._load()
+        for sa in sas:
+            key = f"{sa.spi:08x}:{fingerprint(sa)}"
+            max_seq = (1 << 64) - 1 if sa.esn else (1 << 32) - 1
+            last = saved.get(key, 0)
+            if last:
+                # Everything up to the old limit may have been sent: start after it.
+                sad.resume_sequence(sa.spi, min(last, max_seq))
+                log.info("SA 0x%08x resumes after sequence number %d", sa.spi, last)
+            self._res[sa.spi] = _Reservation(sa.spi, key, last, MIN_BLOCK, max_seq)
+        for r in self._res.values():
+            r.limit = min(max(r.limit, sad.sequence(r.spi)) + r.block, r.max_seq)
+        self._save()            # durable before any worker may use a number
+        for r in self._res.values():
+            sad.set_sequence_limit(r.spi, r.limit)
+
+    def _load(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"{self.path}: unreadable sequence reservations ({e}); "
+                               "refusing to start: numbers could repeat") from None
+        if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+            raise RuntimeError(f"{self.path}: malformed sequence reservations; refusing to start")
+        return data
+
+    def _save(self) -> None:
+        """Write, fsync, rename, fsync the directory: the new limits survive a crash."""
+        tmp = self.path.with_suffix(".tmp")
+        body = json.dumps({r.key: r.limit for r in self._res.values()}, sort_keys=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, body.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def extend(self) -> int:
+        """Move forward every limit that is more than half used; the block
+        doubles (up to MAX_BLOCK) for SAs that go fast. Returns how many moved.
+        The new limits are on disk before the workers see them."""
+        grown = []
+        for r in self._res.values():
+            used = self.sad.sequence(r.spi)
+            if r.limit >= r.max_seq or r.limit - used > r.block // 2:
+                continue
+            if r.limit - used < r.block // 4:
+                r.block = min(r.block * 2, MAX_BLOCK)
+            r.limit = min(used + r.block, r.max_seq)
+            grown.append(r)
+        if grown:
+            self._save()
+            for r in grown:
+                self.sad.set_sequence_limit(r.spi, r.limit)
+        return len(grown)
+
+    def limits(self) -> dict[int, int]:
+        return {spi: r.limit for spi, r in self._res.items()}

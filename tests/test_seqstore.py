@@ -1,0 +1,65 @@
+"""Sequence-number reservations: a restart never reuses a number."""
+import json
+
+from fastpath.config import load
+from fastpath.core.batch import Batch
+from fastpath.core.engine import Engine
+from fastpath.seqstore import FILE, MIN_BLOCK, SequenceStore
+from fastpath.tables import sad_from_config
+from fastpath.verdicts import Reason, Verdict
+
+from topo import CN, REPO_EXAMPLES, inner
+
+
+def start(tmp_path):
+    cfg = load(REPO_EXAMPLES / "ha.toml")
+    sad = sad_from_config(cfg, "openssl")
+    outs = [sa for mn in cfg.mobile_nodes for sa in mn.sas if sa.direction == "out"]
+    store = SequenceStore(tmp_path, sad, outs)
+    return cfg, sad, store, Engine(sad, "openssl")
+
+
+def send(engine, hoa, n):
+    b = Batch(n)
+    b.load([inner(CN, hoa, 100)] * n)
+    engine.encap(b)
+    return b.results()
+
+
+def seqs(results):
+    return [int.from_bytes(p[44:48], "big") for v, _, p in results if v == Verdict.TO_WIRE]
+
+
+def test_restart_resumes_past_the_reservation(tmp_path):
+    cfg, sad, store, eng = start(tmp_path)
+    hoa = cfg.mobile_nodes[0].home_address.packed
+    first = seqs(send(eng, hoa, 10))
+    assert first == list(range(1, 11))
+    saved = json.loads((tmp_path / FILE).read_text())
+    assert MIN_BLOCK in saved.values()          # on disk before any number was used
+    # "crash": a new process state from the same directory
+    cfg, sad, store, eng = start(tmp_path)
+    again = seqs(send(eng, hoa, 10))
+    assert again[0] == MIN_BLOCK + 1 and not set(again) & set(first)
+
+
+def test_workers_stop_at_the_limit_until_extended(tmp_path):
+    cfg, sad, store, eng = start(tmp_path)
+    hoa = cfg.mobile_nodes[0].home_address.packed
+    spi = cfg.mobile_nodes[0].sa("payload", "out").spi
+    sad.resume_sequence(spi, MIN_BLOCK - 2)
+    res = send(eng, hoa, 4)
+    assert [r for _, r, _ in res] == [Reason.NONE] * 2 + [Reason.SEQ_EXHAUSTED] * 2
+    assert store.extend() >= 1
+    assert store.limits()[spi] > MIN_BLOCK
+    assert send(eng, hoa, 1)[0][0] == Verdict.TO_WIRE
+
+
+def test_corrupt_state_refuses_to_start(tmp_path):
+    (tmp_path / FILE).write_text("{not json")
+    try:
+        start(tmp_path)
+    except RuntimeError as e:
+        assert "refusing to start" in str(e)
+    else:
+        raise AssertionError("started on a corrupt reservation file")
