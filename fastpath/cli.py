@@ -176,12 +176,81 @@ def _not_available(cmd: str) -> int:
     return 2
 
 
+DEFAULT_CONTROL_SOCKET = "/run/fastpath.sock"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    return _not_available("run")
+    from fastpath.control import run_forever
+    from fastpath.forwarder import DEFAULT_BATCH, Forwarder, Options, parse_cpus
+    cfg = load(args.config)
+    try:
+        opts = Options(workers=args.workers, batch=args.batch or DEFAULT_BATCH,
+                       home_if=args.home_if, wire_if=args.wire_if, cpus=parse_cpus(args.cpu),
+                       crypto=args.crypto, role=args.role, home_address=args.home_address,
+                       enable_forwarding=args.enable_forwarding,
+                       null_forwarder=args.null_forwarder)
+        fwd = Forwarder(cfg, opts)
+        fwd.start()
+    except (ValueError, OSError, RuntimeError, PermissionError) as e:
+        print(f"{PROG} run: {e}", file=sys.stderr)
+        try:
+            fwd.stop()
+        except Exception:               # nothing was started, or half of it
+            pass
+        return 2
+    try:
+        run_forever(fwd, control_socket=args.control_socket or DEFAULT_CONTROL_SOCKET,
+                    metrics_addr=args.metrics)
+    finally:
+        fwd.stop()
+    return 0
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    return _not_available("ctl")
+    import json
+    from fastpath.control import ctl_request
+    path = args.socket or DEFAULT_CONTROL_SOCKET
+    try:
+        data = ctl_request(path, args.view)
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"{PROG} ctl: {path}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(_ctl_text(args.view, data))
+    return 0
+
+
+def _ctl_text(view: str, data) -> str:
+    if view == "status":
+        return "\n".join(f"{k:14} {v}" for k, v in data.items())
+    if view == "bindings":
+        rows = data if isinstance(data, list) else []
+        if not rows:
+            return "no mobile nodes"
+        keys = list(rows[0].keys())
+        return "\n".join(["  ".join(f"{k:>16}" for k in keys)] +
+                         ["  ".join(f"{str(r.get(k, '')):>16}" for k in keys) for r in rows])
+    if view == "sas":
+        lines = [f"{'SPI':>10} {'dir':3} {'purpose':18} {'mode':9} {'home address':24} "
+                 f"{'sequence':>12} {'packets':>10} {'bytes':>12}  drops"]
+        for sa in data:
+            d = sa["direction"]
+            drops = ", ".join(f"{k}={v}" for k, v in sa["drops"].items()) or "-"
+            lines.append(f"{sa['spi']:#10x} {d:3} {sa['purpose']:18} {sa['mode']:9} "
+                         f"{sa['home_address']:24} {sa['sequence']:>12} {sa['packets_' + d]:>10} "
+                         f"{sa['bytes_' + d]:>12}  {drops}")
+        return "\n".join(lines)
+    tot = data["totals"]
+    lines = ["packets by verdict: " + ", ".join(f"{k}={v}" for k, v in tot["verdicts"].items()),
+             "drops by reason:    " + ", ".join(f"{k}={v}" for k, v in tot["drops"].items() if v)
+             or "drops by reason:    none"]
+    for k, v in data.get("io", {}).items():
+        lines.append(f"{k:19} {v}")
+    for k, v in data.get("control", {}).items():
+        lines.append(f"control {k}: {v}")
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -334,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="worker threads, one TUN queue each (multi-queue when N > 1; "
                          "default: %(default)s)")
     sp.add_argument("--batch", type=_positive_int, default=None, metavar="N",
-                    help="packets read and processed per batch")
+                    help="packets read and processed per batch (default: 64); larger batches "
+                         "fill intel-ipsec-mb's SIMD lanes better, smaller ones cut latency")
     sp.add_argument("--home-if", metavar="NAME", default=None,
                     help="home-side TUN name (overrides [interfaces] home)")
     sp.add_argument("--wire-if", metavar="NAME", default=None,
@@ -342,9 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cpu", metavar="LIST", default=None,
                     help="pin workers to these CPUs, e.g. 2-5 or 2,4,6")
     sp.add_argument("--control-socket", metavar="PATH", default=None,
-                    help="unix socket for 'fastpath ctl' (read-only views)")
+                    help="unix socket for 'fastpath ctl' (read-only views, mode 0600; "
+                         "default: /run/fastpath.sock)")
     sp.add_argument("--metrics", metavar="ADDR:PORT", type=_hostport, default=None,
                     help="serve counters in Prometheus text format on ADDR:PORT")
+    sp.add_argument("--crypto", choices=("auto", "ipsecmb", "openssl"), default="auto",
+                    help="crypto backend: intel-ipsec-mb, OpenSSL EVP, or auto = the "
+                         "fastest available (default: %(default)s)")
+    sp.add_argument("--role", choices=("home-agent", "mobile-node"), default="home-agent",
+                    help="home-agent, or mobile-node: the mirror image for testing and the "
+                         "demo, built from the same config file (SA directions swapped)")
+    sp.add_argument("--home-address", metavar="HOA", default=None,
+                    help="mobile-node role: which mobile node of the config this is "
+                         "(default: the only one)")
+    sp.add_argument("--enable-forwarding", action="store_true",
+                    help="turn on net.ipv6.conf.all.forwarding if it is off (otherwise "
+                         "fastpath refuses to start: decapsulated packets could not be routed)")
+    sp.add_argument("--null-forwarder", action="store_true", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_run)
 
     # ctl
@@ -358,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
             reason, per SA and in total). Nothing can be changed from here."""))
     _add_common(sp, config=False)
     sp.add_argument("--socket", metavar="PATH", default=None,
-                    help="control socket of the forwarder (default: the forwarder's)")
+                    help="control socket of the forwarder (default: /run/fastpath.sock)")
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.add_argument("view", choices=("status", "bindings", "sas", "counters"),
                     help="what to show")

@@ -1,0 +1,252 @@
+"""The control plane of a running forwarder: one uvloop event loop.
+
+It never blocks the workers: they hand packets over through per-worker
+rings (fastpath.core.worker.PuntRing) and it reads them when their eventfd
+fires. It handles Binding Updates (fastpath.binding), moves sequence-number
+reservations forward, expires bindings, answers the read-only control socket
+(`fastpath ctl`), serves Prometheus metrics, and stops on SIGINT/SIGTERM.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import stat
+import time
+from collections import Counter
+
+from fastpath import metrics
+
+log = logging.getLogger("fastpath.control")
+
+SEQ_CHECK_S = 0.01        # how often reservations are checked (they hold >= 2^15 packets)
+CTL_COMMANDS = ("status", "bindings", "sas", "counters")
+
+
+class ControlPlane:
+    def __init__(self, fwd, *, control_socket: str | None = None, metrics_addr: str | None = None):
+        self.fwd = fwd
+        self.control_socket = control_socket
+        self.metrics_addr = metrics_addr
+        self.events = Counter()
+        self.started = time.time()
+        self.stop_event: asyncio.Event | None = None
+        self.bindings = None
+        fwd.control = self
+        if fwd.opts.role == "home-agent":
+            try:
+                from fastpath.binding import BindingCache
+            except ImportError:          # built without the binding cache
+                BindingCache = None
+            if BindingCache is not None:
+                self.bindings = BindingCache(fwd.sad, fwd.cfg, on_bind=self._on_bind,
+                                             on_unbind=self._on_unbind)
+
+    # -- wiring ------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._signal, sig)
+        for w in self.fwd.workers:
+            loop.add_reader(w.punts.fd, self._drain, w)
+        servers = []
+        if self.control_socket:
+            servers.append(await self._start_ctl(self.control_socket))
+        if self.metrics_addr:
+            host, _, port = self.metrics_addr.rpartition(":")
+            servers.append(await asyncio.start_server(self._serve_metrics, host.strip("[]"),
+                                                      int(port)))
+            log.info("metrics on http://%s/metrics", self.metrics_addr)
+        timers = [asyncio.ensure_future(self._every(SEQ_CHECK_S, self._extend_sequences))]
+        if self.bindings is not None:
+            timers.append(asyncio.ensure_future(self._every(1.0, self._expire)))
+        try:
+            await self.stop_event.wait()
+        finally:
+            for t in timers:
+                t.cancel()
+            for w in self.fwd.workers:
+                loop.remove_reader(w.punts.fd)
+            for s in servers:
+                s.close()
+            if self.control_socket:
+                try:
+                    os.unlink(self.control_socket)
+                except FileNotFoundError:
+                    pass
+
+    def _signal(self, sig) -> None:
+        log.info("%s: stopping", signal.Signals(sig).name)
+        self.stop_event.set()
+
+    def stop(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    async def _every(self, period: float, fn) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                fn()
+            except Exception:            # a timer must not die silently
+                log.exception("%s failed", fn.__name__)
+
+    # -- packets from the workers ------------------------------------------------
+    def _drain(self, worker) -> None:
+        for kind, item in worker.punts.drain(self.fwd.sad):
+            if kind == "binding":
+                self._binding_update(item)
+            else:
+                self._punt(item)
+
+    def _punt(self, pkt: bytes) -> None:
+        # A Mobility Header in the clear is a Binding Update that was not
+        # protected: it moves nothing (RFC 3776 §6.2); other packets to the HA
+        # address (ICMPv6, fragments) are counted and not answered.
+        nh = pkt[6] if len(pkt) > 6 else -1
+        self.events["punt.mh_in_clear" if nh == 135 else f"punt.next_header_{nh}"] += 1
+
+    def _binding_update(self, vb) -> None:
+        if self.bindings is None:
+            self.events["binding.unprocessed"] += 1
+            return
+        decision = self.bindings.process(vb, time.monotonic())
+        ba = getattr(decision, "ba", None)
+        if ba is None:
+            return
+        from fastpath.binding import build_ba_packet
+        pkt = build_ba_packet(self.fwd.control_engine, decision)
+        if pkt is None:
+            self.events["binding.ba_not_sent"] += 1
+            return
+        try:
+            os.write(self.fwd.wire_fd, pkt)
+            self.events["binding.ba_sent"] += 1
+        except OSError as e:
+            self.events["binding.ba_write_error"] += 1
+            log.warning("Binding Ack not sent: %s", e)
+
+    def _on_bind(self, hoa: bytes) -> None:
+        if self.fwd.host is not None:
+            self.fwd.host.bind(hoa)
+
+    def _on_unbind(self, hoa: bytes) -> None:
+        if self.fwd.host is not None:
+            self.fwd.host.unbind(hoa)
+
+    # -- timers --------------------------------------------------------------------
+    def _extend_sequences(self) -> None:
+        if self.fwd.seqstore is not None and self.fwd.seqstore.extend():
+            self.events["sequence.reservations"] += 1
+
+    def _expire(self) -> None:
+        for hoa in self.bindings.expire_due(time.monotonic()):
+            self.events["binding.expired"] += 1
+
+    # -- views ---------------------------------------------------------------------
+    def counters(self) -> dict:
+        out = dict(self.events)
+        if self.bindings is not None and hasattr(self.bindings, "counters"):
+            out["bindings"] = self.bindings.counters()
+        return out
+
+    def view(self, what: str):
+        fwd = self.fwd
+        if what == "status":
+            return {"role": fwd.opts.role, "pid": os.getpid(),
+                    "uptime_s": round(time.time() - self.started, 1),
+                    "workers": len(fwd.workers), "batch": fwd.opts.batch,
+                    "crypto": fwd.backend, "home_if": fwd.home_if, "wire_if": fwd.wire_if,
+                    "mobile_nodes": fwd.sad.n_mobile_nodes, "sas": fwd.sad.n_sas}
+        if what == "bindings":
+            if self.bindings is not None and hasattr(self.bindings, "entries"):
+                return self.bindings.entries()
+            return fwd.sad.mobile_nodes()
+        if what == "sas":
+            return fwd.sad.sas()
+        if what == "counters":
+            return metrics.collect(fwd)
+        raise KeyError(what)
+
+    # -- control socket: read-only, mode 0600 ----------------------------------------
+    async def _start_ctl(self, path: str):
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)          # left by a killed run
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._serve_ctl, path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        log.info("control socket %s", path)
+        return server
+
+    async def _serve_ctl(self, reader, writer) -> None:
+        try:
+            line = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
+            if line not in CTL_COMMANDS:
+                reply = {"error": f"unknown request {line!r}; one of {', '.join(CTL_COMMANDS)}"}
+            else:
+                reply = {"ok": self.view(line)}
+            writer.write(json.dumps(reply, default=str).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve_metrics(self, reader, writer) -> None:
+        try:
+            req = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = req.decode(errors="replace").split()
+            if len(parts) >= 2 and parts[0] == "GET" and parts[1] in ("/metrics", "/"):
+                body = metrics.prometheus(metrics.collect(self.fwd)).encode()
+                head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n")
+            else:
+                body = b"not found\n"
+                head = b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+            writer.write(head + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def ctl_request(path: str, what: str, timeout: float = 5.0):
+    """Client side of the control socket (fastpath ctl)."""
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(what.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    if "error" in reply:
+        raise RuntimeError(reply["error"])
+    return reply["ok"]
+
+
+def run_forever(fwd, *, control_socket=None, metrics_addr=None) -> None:
+    """Run the control loop (uvloop when available) until a signal."""
+    cp = ControlPlane(fwd, control_socket=control_socket, metrics_addr=metrics_addr)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(cp.run())

@@ -1,0 +1,167 @@
+"""`fastpath run`: the forwarder process.
+
+Owns the TUN queues, the SA table, the worker threads and the control loop:
+
+    workers (threads, one per TUN queue pair)   fastpath.core.worker.Worker.run()
+        loop without the GIL: read batch -> engine -> write; punts -> ring
+    control loop (this thread, uvloop)          fastpath.control.ControlPlane
+        punt rings, Binding Updates, sequence reservations, timers, signals,
+        control socket, metrics
+
+Start-up order matters: reservations are on disk before a worker may send,
+routes are installed once the TUNs exist, and stop() undoes what start() did.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastpath.core.engine import Engine
+from fastpath.core.worker import Worker
+from fastpath.seqstore import SequenceStore
+from fastpath.tables import resolve_backend, sad_from_config
+
+log = logging.getLogger("fastpath.forwarder")
+
+DEFAULT_BATCH = 64
+
+
+def parse_cpus(text: str | None) -> list[int] | None:
+    """'2-5' / '2,4,6' / '1,3-4' -> [CPU numbers]; None stays None."""
+    if not text:
+        return None
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise ValueError(f"--cpu: {part!r} is not a CPU number or range") from None
+        if a < 0 or b < a:
+            raise ValueError(f"--cpu: bad range {part!r}")
+        cpus.extend(range(a, b + 1))
+    avail = os.sched_getaffinity(0)
+    bad = [c for c in cpus if c not in avail]
+    if bad:
+        raise ValueError(f"--cpu: CPU(s) {bad} not available to this process (have {sorted(avail)})")
+    return cpus
+
+
+@dataclass
+class Options:
+    workers: int = 1
+    batch: int = DEFAULT_BATCH
+    home_if: str | None = None
+    wire_if: str | None = None
+    cpus: list[int] | None = None
+    crypto: str = "auto"
+    role: str = "home-agent"
+    home_address: str | None = None     # mobile-node role: which MN of the config we are
+    enable_forwarding: bool = False
+    null_forwarder: bool = False        # benchmark: same loop, no transform
+    poll_ms: int = 200
+    netns: str | None = None
+
+
+class Forwarder:
+    def __init__(self, cfg, opts: Options):
+        self.cfg = cfg
+        self.opts = opts
+        self.home_if = opts.home_if or cfg.interfaces.home
+        self.wire_if = opts.wire_if or cfg.interfaces.wire
+        self.backend = resolve_backend(opts.crypto)
+        self.sad = None
+        self.seqstore = None
+        self.host = None
+        self.workers: list[Worker] = []
+        self.engines: list[Engine] = []
+        self.control_engine = None
+        self.threads: list[threading.Thread] = []
+        self.fds: list[int] = []
+        self.wire_fd = -1
+
+    # -- start / stop -----------------------------------------------------------
+    def start(self) -> None:
+        from fastpath.netlink import HostSetup
+        from fastpath.tun import tun_queues
+        cfg, opts = self.cfg, self.opts
+        self.sad = sad_from_config(cfg, self.backend, role=opts.role,
+                                   home_address=opts.home_address)
+        outs = [sa for mn in self._my_nodes() for sa in mn.sas
+                if (sa.direction == "out") == (opts.role == "home-agent")]
+        state = Path(cfg.home_agent.state_dir)
+        if opts.role == "mobile-node":
+            state = state / f"mn-{self._my_nodes()[0].home_address}"
+        self.seqstore = _seqstore_for(state, self.sad, outs, opts.role)
+        mq = opts.workers > 1
+        home = tun_queues(self.home_if, opts.workers, multi_queue=mq)
+        wire = tun_queues(self.wire_if, opts.workers, multi_queue=mq)
+        self.fds = home + wire
+        self.wire_fd = wire[0]
+        self.host = HostSetup(cfg, home_if=self.home_if, wire_if=self.wire_if,
+                              enable_forwarding=opts.enable_forwarding, role=opts.role,
+                              home_address=opts.home_address)
+        self.host.cleanup_leftovers()
+        self.host.setup()
+        for mn in self.sad.mobile_nodes():
+            if mn["care_of_address"] is not None:
+                self.host.bind(mn["home_address"])
+        self.control_engine = Engine(self.sad, self.backend)
+        for i in range(opts.workers):
+            eng = Engine(self.sad, self.backend, max_batch=opts.batch)
+            w = Worker(eng, home[i], wire[i], opts.batch, max(2048, cfg.home_agent.mtu + 64),
+                       opts.null_forwarder)
+            self.engines.append(eng)
+            self.workers.append(w)
+        for i, w in enumerate(self.workers):
+            cpu = opts.cpus[i % len(opts.cpus)] if opts.cpus else None
+            t = threading.Thread(target=self._run_worker, args=(w, cpu), name=f"fp-worker-{i}",
+                                 daemon=True)
+            self.threads.append(t)
+            t.start()
+        log.info("forwarding: role %s, %d worker(s), batch %d, crypto %s, %s <-> %s",
+                 opts.role, opts.workers, opts.batch, self.backend, self.home_if, self.wire_if)
+
+    def _my_nodes(self):
+        if self.opts.role == "home-agent":
+            return list(self.cfg.mobile_nodes)
+        import ipaddress
+        if self.opts.home_address is None:
+            return list(self.cfg.mobile_nodes)[:1]
+        want = ipaddress.IPv6Address(self.opts.home_address)
+        return [mn for mn in self.cfg.mobile_nodes if mn.home_address == want]
+
+    @staticmethod
+    def _run_worker(w: Worker, cpu: int | None) -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})      # 0 = this thread on Linux
+        w.run()
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        for t in self.threads:
+            t.join(timeout=5)
+        if self.host is not None:
+            self.host.close()
+            self.host = None
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+        log.info("stopped; links, routes and proxy entries removed")
+
+    # -- views ---------------------------------------------------------------------
+    def counters(self) -> dict:
+        from fastpath.metrics import collect
+        return collect(self)
+
+
+def _seqstore_for(state: Path, sad, outs, role: str) -> SequenceStore:
+    return SequenceStore(state, sad, outs)
