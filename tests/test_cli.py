@@ -259,16 +259,25 @@ def test_replay_flag_validation(capsys):
     assert rc == 2 and "at least 1" in err
 
 
+def test_demo_not_yet_available(capsys):
+    rc, out, err = run(capsys, "demo")
+    assert rc == 2
+    assert "fastpath demo: not available yet in this build" in err
+
+
 @pytest.mark.parametrize("argv", [
-    ["run", "-c", str(HA), "--workers", "2", "--metrics", "127.0.0.1:9100"],
-    ["ctl", "status"],
-    ["ctl", "--socket", "/tmp/x.sock", "--json", "counters"],
-    ["demo"],
+    ["ctl", "--socket", "/nonexistent/fp.sock", "status"],
+    ["ctl", "--socket", "/nonexistent/fp.sock", "--json", "counters"],
 ])
-def test_not_yet_available(capsys, argv):
+def test_ctl_without_a_forwarder(capsys, argv):
     rc, out, err = run(capsys, *argv)
     assert rc == 2
-    assert f"fastpath {argv[0]}: not available yet in this build" in err
+    assert "fastpath ctl: /nonexistent/fp.sock:" in err and "Traceback" not in err
+
+
+def test_run_refuses_bad_cpu_list(capsys):
+    rc, out, err = run(capsys, "run", "-c", HA, "--cpu", "9999")
+    assert rc == 2 and "--cpu" in err
 
 
 def test_log_level_at_both_positions(capsys):
