@@ -210,8 +210,14 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     import json
     from fastpath.control import ctl_request
     path = args.socket or DEFAULT_CONTROL_SOCKET
+    request = args.view
+    if args.view == "move":
+        if not args.coa:
+            print(f"{PROG} ctl move: --coa ADDR is required", file=sys.stderr)
+            return 2
+        request = f"move {args.coa}"
     try:
-        data = ctl_request(path, args.view)
+        data = ctl_request(path, request)
     except (OSError, RuntimeError, ValueError) as e:
         print(f"{PROG} ctl: {path}: {e}", file=sys.stderr)
         return 2
@@ -223,7 +229,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def _ctl_text(view: str, data) -> str:
-    if view == "status":
+    if view in ("status", "move"):
         return "\n".join(f"{k:14} {v}" for k, v in data.items())
     if view == "bindings":
         rows = data if isinstance(data, list) else []
@@ -444,8 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--socket", metavar="PATH", default=None,
                     help="control socket of the forwarder (default: /run/fastpath.sock)")
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    sp.add_argument("view", choices=("status", "bindings", "sas", "counters"),
-                    help="what to show")
+    sp.add_argument("view", choices=("status", "bindings", "sas", "counters", "move"),
+                    help="what to show; 'move' (mobile-node role only) tells a mobile node's "
+                         "forwarder it now uses --coa")
+    sp.add_argument("--coa", metavar="ADDR", default=None,
+                    help="with 'move': the new care-of address")
     sp.set_defaults(func=cmd_ctl)
 
     # demo

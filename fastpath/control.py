@@ -34,6 +34,7 @@ class ControlPlane:
         self.started = time.time()
         self.stop_event: asyncio.Event | None = None
         self.bindings = None
+        self.registration = None          # mobile-node role: our home registration
         fwd.control = self
         if fwd.opts.role == "home-agent":
             try:
@@ -43,6 +44,12 @@ class ControlPlane:
             if BindingCache is not None:
                 self.bindings = BindingCache(fwd.sad, fwd.cfg, on_bind=self._on_bind,
                                              on_unbind=self._on_unbind)
+        else:
+            from fastpath.mobile import HomeRegistration
+            mn = fwd.my_node()
+            self.registration = HomeRegistration(mn.home_address.packed,
+                                                 fwd.cfg.home_agent.address.packed,
+                                                 mn.binding_lifetime_max)
 
     # -- wiring ------------------------------------------------------------------
     async def run(self) -> None:
@@ -63,6 +70,11 @@ class ControlPlane:
         timers = [asyncio.ensure_future(self._every(SEQ_CHECK_S, self._extend_sequences))]
         if self.bindings is not None:
             timers.append(asyncio.ensure_future(self._every(1.0, self._expire)))
+        if self.registration is not None:
+            coa = self.fwd.sad.care_of_address(self.registration.hoa)
+            if coa is not None:
+                self._send_bu(self.registration.move(coa, time.monotonic()))
+            timers.append(asyncio.ensure_future(self._every(0.1, self._registration_timer)))
         try:
             await self.stop_event.wait()
         finally:
@@ -110,6 +122,9 @@ class ControlPlane:
         self.events["punt.mh_in_clear" if nh == 135 else f"punt.next_header_{nh}"] += 1
 
     def _binding_update(self, vb) -> None:
+        if self.registration is not None:
+            self._binding_ack(vb)
+            return
         if self.bindings is None:
             self.events["binding.unprocessed"] += 1
             return
@@ -128,6 +143,52 @@ class ControlPlane:
         except OSError as e:
             self.events["binding.ba_write_error"] += 1
             log.warning("Binding Ack not sent: %s", e)
+
+    # -- mobile-node role --------------------------------------------------------------
+    def _binding_ack(self, vb) -> None:
+        from fastpath import mh
+        try:
+            msg = mh.parse(vb.mobility_header, self.registration.ha, self.registration.hoa)
+        except mh.MHError:
+            self.events["registration.malformed"] += 1
+            return
+        if not isinstance(msg, mh.BindingAck):
+            self.events["registration.unexpected_mh"] += 1
+            return
+        done = self.registration.on_ack(msg, time.monotonic())
+        self.events[f"registration.ba_status_{msg.status}"] += 1
+        if done:
+            log.info("registered with the home agent (sequence %d, lifetime %d s)",
+                     msg.sequence, msg.lifetime * 4)
+
+    def _send_bu(self, sent) -> None:
+        pkt = self.fwd.control_engine.seal_mobility(self.registration.hoa, sent.mh, sent.coa)
+        if pkt is None:
+            self.events["registration.seq_exhausted"] += 1
+            return
+        try:
+            os.write(self.fwd.wire_fd, pkt)
+            self.events["registration.bu_sent"] += 1
+        except OSError as e:
+            self.events["registration.bu_write_error"] += 1
+            log.warning("Binding Update not sent: %s", e)
+
+    def _registration_timer(self) -> None:
+        sent = self.registration.due(time.monotonic())
+        if sent is not None:
+            self._send_bu(sent)
+
+    def move(self, coa: bytes) -> None:
+        """Mobile-node role: we are now at `coa` (moving is the MN's own
+        business). Traffic leaves from it after the grace period; a Binding
+        Update tells the home agent."""
+        if self.registration is None:
+            raise PermissionError("a home agent moves bindings only on authenticated "
+                                  "Binding Updates")
+        self.fwd.sad.relocate(self.registration.hoa, coa)
+        self.fwd.sad.wait_grace(1.0)
+        self.events["registration.moves"] += 1
+        self._send_bu(self.registration.move(coa, time.monotonic()))
 
     def _on_bind(self, hoa: bytes) -> None:
         if self.fwd.host is not None:
@@ -190,10 +251,20 @@ class ControlPlane:
     async def _serve_ctl(self, reader, writer) -> None:
         try:
             line = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
-            if line not in CTL_COMMANDS:
-                reply = {"error": f"unknown request {line!r}; one of {', '.join(CTL_COMMANDS)}"}
-            else:
+            words = line.split()
+            if line in CTL_COMMANDS:
                 reply = {"ok": self.view(line)}
+            elif len(words) == 2 and words[0] == "move" and self.registration is not None:
+                # Only a mobile node's own forwarder takes this: it moves itself.
+                import ipaddress
+                try:
+                    self.move(ipaddress.IPv6Address(words[1]).packed)
+                    reply = {"ok": {"moved_to": words[1]}}
+                except (ValueError, OSError) as e:
+                    reply = {"error": str(e)}
+            else:
+                reply = {"error": f"unknown request {line!r}; one of {', '.join(CTL_COMMANDS)}"
+                                  + (", move COA" if self.registration is not None else "")}
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):

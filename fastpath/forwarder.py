@@ -126,6 +126,10 @@ class Forwarder:
         log.info("forwarding: role %s, %d worker(s), batch %d, crypto %s, %s <-> %s",
                  opts.role, opts.workers, opts.batch, self.backend, self.home_if, self.wire_if)
 
+    def my_node(self):
+        """Mobile-node role: this node's config entry."""
+        return self._my_nodes()[0]
+
     def _my_nodes(self):
         if self.opts.role == "home-agent":
             return list(self.cfg.mobile_nodes)
