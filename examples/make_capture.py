@@ -11,14 +11,15 @@ forgery, a spoofed plain tunnel and an unknown SPI.
 import sys
 from pathlib import Path
 
-from fastpath import pcap
+from fastpath import mh, pcap
 from fastpath.config import load
 from fastpath.ref.esp import RefSA
-from fastpath.ref.ipv6 import addr, ipv6_header
+from fastpath.ref.ipv6 import addr, hao_destopt, ipv6_header
 
 HERE = Path(__file__).resolve().parent
 CN = addr("2001:db8:99::1")
 EVIL = addr("2001:db8:666::1")
+NEW_COA = addr("2001:db8:4::10")     # where MN1 moves mid-capture
 
 
 def udp_packet(src, dst, payload: bytes) -> bytes:
@@ -59,6 +60,17 @@ def main(out: Path) -> None:
     pkts.append(ipv6_header(EVIL, ha, 41, len(inner)) + inner)
     bogus = bytes.fromhex("0badf00d00000001") + bytes(48)        # unknown SPI
     pkts.append(ipv6_header(EVIL, ha, 50, len(bogus)) + bogus)
+    # MN1 moves: a Binding Update (ESP transport on its binding SA, HAO, Alternate
+    # CoA) from the new CoA; the HA answers with a Binding Ack (in the output),
+    # and the CN's next packets go to the new CoA.
+    bsa = mn1.sa("binding", "in")
+    mn_bsa = RefSA(bsa.spi, bsa.algorithm, bsa.enc_key, bsa.auth_key, bsa.salt, bsa.esn, 0)
+    bu = mh.build(mh.BindingUpdate(sequence=1, lifetime=600 // 4, ack=True, home=True,
+                                   options=(mh.AlternateCareOfAddress(NEW_COA),)), hoa1, ha)
+    body = hao_destopt(hoa1, 50) + mn_bsa.seal(1, bu, 135, bytes(range(16)))
+    pkts.append(ipv6_header(NEW_COA, ha, 60, len(body)) + body)
+    for i in range(2):
+        pkts.append(udp_packet(CN, hoa1, f"to mn1 after the move #{i}".encode()))
     with pcap.PcapWriter(out) as w:
         for i, p in enumerate(pkts):
             w.write(p, 1_700_000_000 + i / 1000)

@@ -375,10 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
             input (ESP, IPv6-in-IPv6, Binding Updates), packets addressed to a
             home address are home-side input (to be tunnelled to the MN).
             Everything fastpath emits, on either side, is written to OUT in
-            order; counters are printed at the end. Bindings come from the
-            config's care_of_address: in this build a Binding Update in the
-            capture is authenticated and counted, then dropped (the control
-            plane that processes it is not part of this build yet).
+            order; counters are printed at the end. Bindings start from the
+            config's care_of_address; an authenticated Binding Update in the
+            capture moves the binding for the packets after it, and its
+            Binding Ack is written to OUT in its place (the capture's
+            timestamps are the clock for lifetimes).
 
             IN and OUT are classic pcap files of raw IPv6 packets
             (LINKTYPE_RAW), such as a capture on the fp-wire / fp-home TUNs."""))

@@ -118,8 +118,11 @@ class ControlPlane:
         # A Mobility Header in the clear is a Binding Update that was not
         # protected: it moves nothing (RFC 3776 §6.2); other packets to the HA
         # address (ICMPv6, fragments) are counted and not answered.
+        if self.bindings is not None and self.bindings.unprotected(pkt, time.monotonic()):
+            self.events["punt.binding_update_in_clear"] += 1
+            return
         nh = pkt[6] if len(pkt) > 6 else -1
-        self.events["punt.mh_in_clear" if nh == 135 else f"punt.next_header_{nh}"] += 1
+        self.events[f"punt.next_header_{nh}"] += 1
 
     def _binding_update(self, vb) -> None:
         if self.registration is not None:
@@ -223,8 +226,8 @@ class ControlPlane:
                     "crypto": fwd.backend, "home_if": fwd.home_if, "wire_if": fwd.wire_if,
                     "mobile_nodes": fwd.sad.n_mobile_nodes, "sas": fwd.sad.n_sas}
         if what == "bindings":
-            if self.bindings is not None and hasattr(self.bindings, "entries"):
-                return self.bindings.entries()
+            if self.bindings is not None:
+                return self.bindings.entries(time.monotonic())
             return fwd.sad.mobile_nodes()
         if what == "sas":
             return fwd.sad.sas()

@@ -32,7 +32,8 @@ class ReplayResult:
     skipped: int = 0                       # neither to the HA nor to a home address
     verdicts: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
-    bindings_unprocessed: int = 0
+    binding_acks: int = 0
+    binding_statuses: Counter = field(default_factory=Counter)
 
 
 def _side(pkt: bytes, ha: bytes, homes: set[bytes]) -> str | None:
@@ -47,9 +48,11 @@ def _side(pkt: bytes, ha: bytes, homes: set[bytes]) -> str | None:
 
 
 def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) -> tuple[ReplayResult, object]:
+    from fastpath.binding import BindingCache, build_ba_packet
     backend = resolve_backend(backend)
     sad = sad_from_config(cfg, backend)
     engine = Engine(sad, backend, max_batch=batch_size)
+    cache = BindingCache(sad, cfg)
     ha = cfg.home_agent.address.packed
     homes = {mn.home_address.packed for mn in cfg.mobile_nodes}
     batch = Batch(batch_size, max_packet=max(2048, cfg.home_agent.mtu))
@@ -65,9 +68,15 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                 engine.encap(batch)
             else:
                 engine.decap(batch)
-                # Binding Updates reach the control plane (RFC 3776 §6.2); until
-                # it exists they are counted here and go no further.
-                res.bindings_unprocessed += len(engine.take_bindings())
+            # Authenticated Binding Updates go to the binding cache, with the
+            # capture's clock; a Binding Ack takes the BU's place in the output.
+            acks = {}
+            for slot, vb in (engine.take_bindings() if side_of_batch[0] == WIRE else ()):
+                decision = cache.process(vb, pending[slot])
+                if decision.status is not None:
+                    res.binding_statuses[decision.status] += 1
+                if decision.ba is not None:
+                    acks[slot] = build_ba_packet(engine, decision)
             for i, (v, r, data) in enumerate(batch.results()):
                 res.verdicts[Verdict(v).name.lower()] += 1
                 if v == Verdict.DROP:
@@ -75,6 +84,12 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                 elif v in (Verdict.TO_WIRE, Verdict.TO_HOME):
                     out.write(data, pending[i])
                     res.packets_out += 1
+                elif v == Verdict.PUNT:
+                    cache.unprotected(data, pending[i])
+                if acks.get(i) is not None:
+                    out.write(acks[i], pending[i])
+                    res.packets_out += 1
+                    res.binding_acks += 1
             pending.clear()
             batch.count = 0
 
@@ -88,6 +103,8 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                 res.verdicts["drop"] += 1
                 res.drops["too_big"] += 1
                 continue
+            for hoa in cache.expire_due(ts):
+                log.info("binding of %s expired", ipaddress.IPv6Address(hoa))
             if side != side_of_batch[0] or len(pending) == batch_size:
                 flush()
                 side_of_batch[0] = side
@@ -107,9 +124,10 @@ def format_report(res: ReplayResult, sad) -> str:
     lines.append("verdicts: " + ", ".join(f"{k}={v}" for k, v in sorted(res.verdicts.items())))
     if res.drops:
         lines.append("drops: " + ", ".join(f"{k}={v}" for k, v in sorted(res.drops.items())))
-    if res.bindings_unprocessed:
-        lines.append(f"binding updates authenticated but not processed (no control plane in "
-                     f"this build): {res.bindings_unprocessed}")
+    if res.binding_statuses:
+        lines.append("binding updates: " + ", ".join(
+            f"status {k}={v}" for k, v in sorted(res.binding_statuses.items()))
+            + f"; binding acks written: {res.binding_acks}")
     lines.append("")
     lines.append(f"{'SPI':>10} {'dir':3} {'purpose':18} {'home address':24} {'packets':>8} {'bytes':>10}  drops")
     for sa in sad.sas():
