@@ -92,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="crypto backends (default: openssl, and ipsecmb when available)")
     p.add_argument("--batch", type=int, default=64, help="packets per batch (default 64)")
     p.add_argument("--seconds", type=float, default=None,
-                   help="timed seconds of engine per cell (default 0.5; --quick 0.1); the "
+                   help="timed seconds of engine per cell (default 0.4; --quick 0.1); the "
                         "bare crypto, interleaved with it, and the reference run take half of it")
     p.add_argument("--chunks", type=int, default=10,
                    help="chunks per measurement, engine and bare interleaved; the median counts")
@@ -126,7 +126,7 @@ def _resolve(args) -> None:
     args.direction = _list(args.direction) or DIRECTIONS
     args.backend = _list(args.backend) or BACKENDS
     if args.seconds is None:
-        args.seconds = 0.1 if q else 0.5
+        args.seconds = 0.1 if q else 0.4
     if args.pool is None:
         args.pool = 8 if q else 64
     if args.batch < 1 or args.sas < 1 or args.pool < 1:
