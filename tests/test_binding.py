@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import threading
+import time
 from collections import defaultdict
 
 import pytest
@@ -411,13 +412,16 @@ def test_no_packet_to_old_coa_after_ba_with_live_worker(backend):
     try:
         released = []       # batch counter when the BA of move k was released
         for k, coa in enumerate(coas):
+            target = started[0] + 2             # let the worker run between moves
+            while started[0] < target and t.is_alive():
+                time.sleep(0.0001)
             d = h.send(h.bu(0, k + 1, src=ntop(coa)))
             assert d.ba is not None and d.ba.status == 0
             released.append(started[0])
     finally:
         stop.set()
         t.join()
-    assert len(seen) > 30
+    assert len(seen) >= 60
     index = {coa: k for k, coa in enumerate(coas)}
     for n, dests in seen:
         acked = [k for k, m in enumerate(released) if n > m]
