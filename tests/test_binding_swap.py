@@ -155,11 +155,6 @@ def test_move_refuses_a_bad_mh_checksum(backend):
     mh.BindingError(2, MN1),
     mh.RawMessage(1, bytes(10)),           # a Home Test Init
 ], ids=["binding-ack", "binding-error", "hoti"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (defence in depth): sad.pyx move() -> _named_coa() parses any Mobility Header "
-    "type and, finding no Alternate CoA option, accepts the outer source: a Binding "
-    "Ack / Binding Error / HoTI that arrived on the binding SA moves the binding, "
-    "although only a Binding Update may (SPEC §4; move()'s own docstring)"))
 def test_move_refuses_what_is_not_a_bu(msg, backend):
     topo = make_topo("aes128-sha1", False, backend)
     check(topo, "decap", [build_bu(topo, NEW, mh.build(msg, MN1, HA))])
@@ -315,11 +310,6 @@ def test_deregister(backend):
     assert vr(check(topo, "encap", [inner(CN, MN1, 100)], [IV])) == [(DROP, Reason.NO_BINDING)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: sad.pyx move()/deregister() apply a VerifiedBinding by its raw mobile-node "
-    "index (binding.mn) to whatever SADatabase they are called on: a binding verified "
-    "by another table (e.g. before a config reload) moves that table's node at the same "
-    "index (here MN3 instead of MN1), and an index beyond the table writes out of bounds"))
 def test_binding_is_tied_to_its_table():
     a = make_topo("aes128-sha1", False, "openssl")
     check(a, "decap", [build_bu(a, NEW)])

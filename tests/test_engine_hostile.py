@@ -195,10 +195,6 @@ def test_unknown_spi(alg, backend):
 
 
 @backends
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: sad.pxd sad_find_spi tests `k == spi` before `k == 0`, so SPI 0 matches the "
-    "first empty hash slot and returns its spi_vals entry (0): the packet is judged by "
-    "SA index 0 (here MN1's payload *out* SA) -> icv on that SA instead of unknown_spi"))
 def test_spi_zero_is_unknown(backend):
     topo = make_topo("aes128-sha1", False, backend)
     real = mn_esp(topo, MN1, "payload", inner(MN1, CN, 64), seq=1)
@@ -532,11 +528,6 @@ CRASHERS = {
 
 @pytest.mark.parametrize("direction", ["encap", "decap"])
 @pytest.mark.parametrize("case", sorted(CRASHERS))
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine.pyx Engine._slot_ok computes `off + n` in int32 (signed overflow: "
-    "offset 2**31-50 + length 100 passes the bound) and never checks Batch.count (a "
-    "public attribute) against capacity: both read/write far outside the batch "
-    "(SIGSEGV)"))
 def test_corrupted_batch_does_not_crash(case, direction):
     r = run_isolated(CRASHERS[case].replace("{direction}", direction))
     assert r.returncode == 0, (r.returncode, r.stderr[-500:])
@@ -587,11 +578,6 @@ BATCH_CRASHERS = {
 
 
 @pytest.mark.parametrize("case", sorted(BATCH_CRASHERS))
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: batch.pyx trusts Python-writable state: set_iv() has no bounds check on i; "
-    "get() does not validate offsets/lengths; copy_from() copies up to src.slot_size "
-    "bytes at HEADROOM (overruns the destination slot/heap) and its `off + n` check "
-    "overflows int32"))
 def test_batch_methods_do_not_crash(case):
     r = run_isolated(BATCH_CRASHERS[case], imports="from fastpath.core.batch import Batch")
     assert r.returncode == 0 and "survived" in r.stdout, (r.returncode, r.stderr[-500:])
@@ -732,11 +718,6 @@ def test_seq_exhausted_with_limit(backend):
 
 
 @backends
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine.pyx _encap increments the counter (fp_add_fetch_u64) before comparing "
-    "with seq_limit, so every seq_exhausted drop still advances it: the counter does not "
-    "'stay at its limit' (docs/engine-semantics.md), and when the limit is raised "
-    "(the next reservation) the numbers consumed by drops are skipped (not gap-free)"))
 def test_exhausted_counter_stays_at_limit(backend):
     topo = make_topo("aes128-sha1", False, backend)
     spi = SPI[(MN1, "payload", "out")]
@@ -752,11 +733,6 @@ def test_exhausted_counter_stays_at_limit(backend):
 
 
 @backends
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine.pyx _encap: with ESN the limit is 2**64-1 and fp_add_fetch_u64 wraps "
-    "the counter to 0, which passes `seq > seq_limit`: after 2**64-1 the SA sends "
-    "sequence numbers 0, 1, 2... again (GCM: the explicit IV/nonce repeats under the "
-    "same key) instead of seq_exhausted"))
 def test_seq_exhausted_with_esn(backend):
     topo = make_topo("aes128gcm16", True, backend)
     spi = SPI[(MN1, "payload", "out")]
@@ -851,11 +827,6 @@ def test_packet_too_big_rate_limit(backend):
 # --- transport mode: size of a decapsulated BU ----------------------------------
 
 @backends
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine.pyx _finish_open drops a verified transport-mode packet longer than "
-    "BINDING_MAX (1280 bytes) after ESP removal as `malformed`; the contract and the "
-    "reference deliver it as BINDING (and the ESP sequence number is consumed, so the "
-    "MN's retransmission is a replay)"))
 def test_large_binding_update(backend):
     topo = make_topo("aes128-sha1", False, backend)
     opts = (mh.BindingAuthorizationData(b"a" * 200),) * 6

@@ -110,11 +110,6 @@ def gcm_params():
     for p in params(GCM, "vectors"):
         v = p.values[0]
         marks = list(p.marks)
-        if v is not None and v["key_bits"] not in (128, 256):
-            marks.append(pytest.mark.xfail(strict=True, reason=(
-                "BUG: esp.pyx keys_init picks AES-256 for every key length != 16, so a "
-                "24-byte (AES-192) key is silently used as a zero-padded AES-256 key "
-                "instead of being refused or honoured")))
         out.append(pytest.param(v, id=p.id, marks=marks))
     return out
 

@@ -4,6 +4,7 @@ import numpy as np
 cimport numpy as cnp
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 cnp.import_array()
@@ -79,12 +80,13 @@ cdef class Batch:
         replaying one input many times."""
         cdef int i
         cdef int32_t n
-        if src.count > self.capacity or src.slot_size > self.slot_size:
+        if src.count < 0 or src.count > src.capacity or src.count > self.capacity:
             raise ValueError("source batch does not fit")
         with nogil:
             for i in range(src.count):
                 n = src.c_len[i]
-                if src.c_off[i] < 0 or n < 0 or src.c_off[i] + n > src.slot_size:
+                if (src.c_off[i] < 0 or n < 0 or n > self.max_packet
+                        or <int64_t>src.c_off[i] + n > src.slot_size):
                     n = 0
                 memcpy(self.c_data + <Py_ssize_t>i * self.slot_size + HEADROOM,
                        src.c_data + <Py_ssize_t>i * src.slot_size + src.c_off[i], n)
@@ -96,16 +98,21 @@ cdef class Batch:
             self.count = src.count
 
     def set_iv(self, int i, const uint8_t[::1] iv):
+        if i < 0 or i >= self.capacity:
+            raise IndexError(i)
         if iv.shape[0] != 16:
             raise ValueError("CBC IVs are 16 bytes")
         memcpy(self.c_iv + i * 16, &iv[0], 16)
 
     def get(self, int i):
         """Slot i's current packet as bytes (b'' when dropped)."""
-        if i < 0 or i >= self.count:
+        if i < 0 or i >= self.count or self.count > self.capacity:
             raise IndexError(i)
         if self.c_verdict[i] == 0 and self.c_reason[i] != 0:
             return b""
+        if (self.c_off[i] < 0 or self.c_len[i] < 0
+                or <int64_t>self.c_off[i] + self.c_len[i] > self.slot_size):
+            raise ValueError(f"slot {i}: offset/length outside the slot")
         return PyBytes_FromStringAndSize(
             <const char *>self.c_data + <Py_ssize_t>i * self.slot_size + self.c_off[i],
             self.c_len[i])

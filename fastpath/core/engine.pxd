@@ -23,7 +23,7 @@ cdef enum:
     R_SEQ_EXHAUSTED = 9
     R_DUMMY = 10
     MAX_EXT_HEADERS = 8
-    BINDING_MAX = 1280      # largest decapsulated BU/MH packet handed to the control plane
+    BINDING_MAX = 2048      # largest decapsulated BU/MH packet handed to the control plane
     RND_BYTES = 16384       # CBC IVs drawn in bulk
 
 

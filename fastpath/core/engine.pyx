@@ -7,7 +7,7 @@ decap(): packets read on the wire side (ESP, IPv6-in-IPv6, anything else).
 The rules are docs/engine-semantics.md; fastpath/ref/engine.py is the
 pure-Python twin used as the test oracle.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memmove, memcmp, memset
 
@@ -109,6 +109,8 @@ cdef class Engine:
         free(self.rnd)
 
     cdef int _reserve(self, Batch b) except -1:
+        if b.count < 0 or b.count > b.capacity:
+            raise ValueError(f"batch count {b.count} outside 0..{b.capacity}")
         if b.count > self.max_jobs:
             free(self.jobs)
             free(self.bindings)
@@ -162,7 +164,7 @@ cdef class Engine:
         out = []
         for i in range(self.n_bindings):
             r = &self.bindings[i]
-            out.append((r.slot, issue_binding(self.t.sas[r.sa].mn, &self.t.sas[r.sa], r.seq,
+            out.append((r.slot, issue_binding(self.sad, self.t.sas[r.sa].mn, &self.t.sas[r.sa], r.seq,
                                               r.data, r.length, r.mh_offset)))
         self.n_bindings = 0
         return out
@@ -187,8 +189,8 @@ cdef class Engine:
 
     cdef bint _slot_ok(self, Batch b, int i) noexcept nogil:
         # offsets/lengths are numpy arrays Python can write: never trust them.
-        cdef int32_t off = b.c_off[i]
-        cdef int32_t n = b.c_len[i]
+        cdef int64_t off = b.c_off[i]
+        cdef int64_t n = b.c_len[i]
         return off >= HEADROOM and n >= 0 and off + n <= b.slot_size - TAILROOM
 
     cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
@@ -272,8 +274,8 @@ cdef class Engine:
         if s < 0:
             raise KeyError("this mobile node has no binding out SA")
         sa = &self.t.sas[s]
-        seq = fp_add_fetch_u64(&self.t.hot[s].seq, 1)
-        if seq > fp_load_u64(&self.t.hot[s].seq_limit):
+        seq = fp_next_seq(&self.t.hot[s].seq, fp_load_u64(&self.t.hot[s].seq_limit))
+        if seq == 0:
             fp_add_u64(&self.t.hot[s].drops[R_SEQ_EXHAUSTED], 1)
             return None
         buf = bytearray(HEADROOM + 64 + len(mh) + TAILROOM)
@@ -379,8 +381,8 @@ cdef class Engine:
                 self._too_big(b, i, p, n, s, ((<int32_t>self.t.mtu - 48 - kk.iv_len - kk.icv_len)
                                               & ~(kk.align - 1)) - 2)
                 continue
-            seq = fp_add_fetch_u64(&self.t.hot[s].seq, 1)
-            if seq > fp_load_u64(&self.t.hot[s].seq_limit):
+            seq = fp_next_seq(&self.t.hot[s].seq, fp_load_u64(&self.t.hot[s].seq_limit))
+            if seq == 0:
                 self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
                 continue
             j = &self.jobs[nj]

@@ -68,6 +68,10 @@ cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int 
     """Prepare every key schedule of one SA. mb may be NULL (no ipsec-mb).
     Returns 0, or -1 when memory ran out."""
     memset(k, 0, sizeof(fp_keys))
+    if enc_key_len not in (0, 16, 32) or (kind != KIND_NULL_HMAC and enc_key_len == 0):
+        return -2                   # AES-128 and AES-256 only (RFC 8221)
+    if auth_key_len > 64:
+        return -2
     k.kind = kind
     k.hash = hash
     k.icv_len = icv_len
@@ -307,34 +311,49 @@ cdef class CryptoWorker:
 
     # -- intel-ipsec-mb --------------------------------------------------
     cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil:
-        cdef int i = 0, r
+        cdef int i, r, m, base
         cdef fp_job *j
-        while i < n:
-            j = &jobs[i]
-            if j.keys.kind == KIND_GCM:
-                # Direct GCM calls: ~3x OpenSSL even one packet at a time.
-                fp_mb_gcm_one(self.mb, encrypt, j.keys.mb_gcm, j.keys.enc_key_len, self.gcm_ctx,
-                              j.ct, j.ct_len, j.nonce, j.aad, j.aad_len, j.tag)
-                _mb_finish(j, encrypt)
+        cdef fp_job *order[MB_SORT]
+        base = 0
+        while base < n:
+            # GCM goes at once; CBC/NULL+HMAC jobs are grouped by SA first
+            # (a stable insertion sort: a batch is usually one or a few SAs).
+            m = 0
+            i = base
+            while i < n and i - base < MB_SORT:
+                j = &jobs[i]
                 i += 1
-                continue
-            # CBC/NULL + HMAC: a run of jobs of one SA goes as one cipher burst
-            # and one hash burst, so the SIMD lanes stay full. (A cipher burst
-            # must not mix keys: ipsec-mb 1.3 ciphers the whole burst with the
-            # first job's key schedule.)
-            r = i + 1
-            while r < n and r - i < MB_BURST and jobs[r].keys == j.keys:
-                r += 1
-            self._mb_burst(jobs + i, r - i, encrypt)
-            i = r
+                if j.keys.kind == KIND_GCM:
+                    # Direct GCM calls: ~3x OpenSSL even one packet at a time.
+                    fp_mb_gcm_one(self.mb, encrypt, j.keys.mb_gcm, j.keys.enc_key_len,
+                                  self.gcm_ctx, j.ct, j.ct_len, j.nonce, j.aad, j.aad_len, j.tag)
+                    _mb_finish(j, encrypt)
+                    continue
+                r = m
+                while r > 0 and <size_t>order[r - 1].keys > <size_t>j.keys:
+                    order[r] = order[r - 1]
+                    r -= 1
+                order[r] = j
+                m += 1
+            base = i
+            # Each run of one SA goes as one cipher burst and one hash burst, so
+            # the SIMD lanes stay full. (A cipher burst must not mix keys:
+            # ipsec-mb 1.3 ciphers the whole burst with the first job's keys.)
+            i = 0
+            while i < m:
+                r = i + 1
+                while r < m and r - i < MB_BURST and order[r].keys == order[i].keys:
+                    r += 1
+                self._mb_burst(order + i, r - i, encrypt)
+                i = r
 
-    cdef void _mb_burst(self, fp_job *jobs, int n, int encrypt) noexcept nogil:
+    cdef void _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil:
         cdef int x, done_c = n, done_h
         cdef fp_job *j
         cdef fp_keys *k = jobs[0].keys
         cdef bint cbc = k.kind == KIND_CBC_HMAC
         for x in range(n):
-            j = &jobs[x]
+            j = jobs[x]
             fp_mb_job_cbc_hmac(fp_mb_burst_at(self.burst, x), encrypt, k.hash == HASH_SHA256,
                                k.mb_enc, k.mb_dec, k.enc_key_len if cbc else 0,
                                j.esp, <uint64_t>(j.ct - j.esp), j.ct_len, j.auth_len,
@@ -349,7 +368,7 @@ cdef class CryptoWorker:
                 done_c = fp_mb_cipher_burst(self.mb, self.burst, n, 0, k.enc_key_len)
         for x in range(n):
             if done_c == n and done_h == n:
-                _mb_finish(&jobs[x], encrypt)
+                _mb_finish(jobs[x], encrypt)
             else:
                 jobs[x].ok = 0
 
@@ -415,9 +434,12 @@ cdef class EspSA:
         self.k = <fp_keys *>_aligned(sizeof(fp_keys))
         if self.k == NULL:
             raise MemoryError()
-        if keys_init(self.k, a.kind, a.hash, a.icv_len, a.iv_len, a.align,
-                     <const uint8_t *>enc_key, len(enc_key), <const uint8_t *>auth_key,
-                     len(auth_key), <const uint8_t *>salt, self.mb) != 0:
+        rc = keys_init(self.k, a.kind, a.hash, a.icv_len, a.iv_len, a.align,
+                       <const uint8_t *>enc_key, len(enc_key), <const uint8_t *>auth_key,
+                       len(auth_key), <const uint8_t *>salt, self.mb)
+        if rc == -2:
+            raise ValueError("AES keys are 16 or 32 bytes (AES-128 / AES-256)")
+        if rc != 0:
             raise MemoryError()
 
     def __dealloc__(self):

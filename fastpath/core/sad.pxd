@@ -86,11 +86,18 @@ cdef struct fp_sad:
 
 
 cdef inline uint64_t hoa_hash(const uint8_t *a) noexcept nogil:
+    # Every input bit must reach the low (slot) bits: home addresses often
+    # differ only in their last byte (::10, ::11, ...). MurmurHash3's 64-bit
+    # finaliser over both halves does that.
     cdef uint64_t hi, lo, x
     memcpy(&hi, a, 8)
     memcpy(&lo, a + 8, 8)
-    x = (lo ^ (hi * <uint64_t>0x9E3779B97F4A7C15)) * <uint64_t>0xBF58476D1CE4E5B9
-    return x ^ (x >> 31)
+    x = lo ^ (hi * <uint64_t>0x9E3779B97F4A7C15)
+    x ^= x >> 33
+    x *= <uint64_t>0xff51afd7ed558ccd
+    x ^= x >> 33
+    x *= <uint64_t>0xc4ceb9fe1a85ec53
+    return x ^ (x >> 33)
 
 
 cdef inline int32_t sad_find_mn(const fp_sad *t, const uint8_t *hoa) noexcept nogil:
@@ -115,12 +122,14 @@ cdef inline int32_t sad_find_spi(const fp_sad *t, uint32_t spi) noexcept nogil:
     """Inbound SPI -> SA index, or -1. O(1) expected."""
     cdef uint32_t i = (spi * <uint32_t>0x9E3779B1) & t.spi_mask
     cdef uint32_t k
+    if spi == 0:              # reserved (RFC 4303 §2.1); also our empty-slot marker
+        return -1
     while True:
         k = t.spi_keys[i]
-        if k == spi:
-            return fp_load_acq_i32(&t.spi_vals[i])
         if k == 0:
             return -1
+        if k == spi:
+            return fp_load_acq_i32(&t.spi_vals[i])
         i = (i + 1) & t.spi_mask
 
 
@@ -138,9 +147,10 @@ cdef class VerifiedBinding:
     cdef readonly uint64_t esp_seq
     cdef int32_t mn
     cdef bint used
+    cdef object issuer                  # the SADatabase whose SA verified it
 
 
-cdef VerifiedBinding issue_binding(int32_t mn, const fp_sa *sa, uint64_t seq,
+cdef VerifiedBinding issue_binding(object issuer, int32_t mn, const fp_sa *sa, uint64_t seq,
                                    const uint8_t *pkt, int length, int mh_offset)
 
 

@@ -63,9 +63,10 @@ cdef class VerifiedBinding:
                 f"src={ipaddress.IPv6Address(self.source)} spi=0x{self.spi:x} seq={self.esp_seq}>")
 
 
-cdef VerifiedBinding issue_binding(int32_t mn, const fp_sa *sa, uint64_t seq,
+cdef VerifiedBinding issue_binding(object issuer, int32_t mn, const fp_sa *sa, uint64_t seq,
                                    const uint8_t *pkt, int length, int mh_offset):
     cdef VerifiedBinding vb = VerifiedBinding.__new__(VerifiedBinding, _ISSUER)
+    vb.issuer = issuer
     vb.mn = mn
     vb.spi = sa.spi
     vb.esp_seq = seq
@@ -251,11 +252,14 @@ cdef class SADatabase:
             if sa.bitmap == NULL:
                 raise MemoryError()
         sa.keys = <fp_keys *>_aligned_zero(sizeof(fp_keys))
-        if keys_init(sa.keys, algorithm.kind, algorithm.hash, algorithm.icv_len,
-                     algorithm.iv_len, algorithm.align,
-                     <const uint8_t *>enc_key, len(enc_key),
-                     <const uint8_t *>auth_key, len(auth_key),
-                     <const uint8_t *>salt, <fp_mb_mgr *>self.mb) != 0:
+        rc = keys_init(sa.keys, algorithm.kind, algorithm.hash, algorithm.icv_len,
+                       algorithm.iv_len, algorithm.align,
+                       <const uint8_t *>enc_key, len(enc_key),
+                       <const uint8_t *>auth_key, len(auth_key),
+                       <const uint8_t *>salt, <fp_mb_mgr *>self.mb)
+        if rc == -2:
+            raise ValueError("AES keys are 16 or 32 bytes (AES-128 / AES-256)")
+        if rc != 0:
             raise MemoryError()
         memset(&self.t.hot[s], 0, sizeof(fp_sa_hot))
         self.t.hot[s].seq_limit = <uint64_t>0xFFFFFFFFFFFFFFFF if esn else <uint64_t>0xFFFFFFFF
@@ -311,8 +315,7 @@ cdef class SADatabase:
         moves at once; sequence numbers and replay state are untouched. Call
         wait_grace() before sending the Binding Ack."""
         cdef bytes c = _addr(coa, "care-of address")
-        if binding.used:
-            raise ValueError("this Binding Update was already applied")
+        self._check_binding(binding)
         if c != _named_coa(binding):
             raise ValueError("care-of address is not the one the Binding Update names")
         binding.used = True
@@ -320,10 +323,18 @@ cdef class SADatabase:
 
     def deregister(self, VerifiedBinding binding not None):
         """Remove the binding named by an authenticated BU (lifetime 0)."""
-        if binding.used:
-            raise ValueError("this Binding Update was already applied")
+        self._check_binding(binding)
+        _named_coa(binding)          # it must be a well-formed Binding Update
         binding.used = True
         self._publish(binding.mn, NULL)
+
+    def _check_binding(self, VerifiedBinding binding):
+        if binding.issuer is not self:
+            raise ValueError("this Binding Update was verified by another SA table")
+        if binding.used:
+            raise ValueError("this Binding Update was already applied")
+        if binding.mn < 0 or binding.mn >= self.t.n_mns:
+            raise ValueError("binding names no mobile node of this table")
 
     def expire(self, hoa):
         """Remove a binding whose lifetime ran out (control-plane timer).
@@ -471,5 +482,7 @@ def _named_coa(VerifiedBinding b):
     """The CoA a verified BU names: its Alternate CoA option, else the source."""
     from fastpath import mh
     msg = mh.parse(b.mobility_header, b.home_address, b.packet[24:40])
+    if not isinstance(msg, mh.BindingUpdate):
+        raise ValueError(f"only a Binding Update moves a binding, not {type(msg).__name__}")
     alt = mh.alternate_coa(msg)
     return alt if alt is not None else b.source

@@ -103,7 +103,7 @@ cdef class PuntRing:
         while t < fp_load_u64(&self.head) and len(out) < limit:
             p = &self.slots[t % RING_SLOTS]
             if p.kind == KIND_BINDING:
-                out.append(("binding", issue_binding(sad.t.sas[p.sa].mn, &sad.t.sas[p.sa], p.seq,
+                out.append(("binding", issue_binding(sad, sad.t.sas[p.sa].mn, &sad.t.sas[p.sa], p.seq,
                                                      p.data, p.length, p.mh_offset)))
             else:
                 out.append(("punt", PyBytes_FromStringAndSize(<const char *>p.data, p.length)))

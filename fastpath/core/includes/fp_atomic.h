@@ -14,6 +14,17 @@ static inline void fp_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v
 static inline uint64_t fp_add_fetch_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
 static inline void fp_add_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
+/* Take the next sequence number unless that would pass `limit`: 0 when the
+ * counter is exhausted (it then stays at the limit: no number is skipped when
+ * the limit is raised, and a 64-bit counter never wraps to 0). */
+static inline uint64_t fp_next_seq(uint64_t *p, uint64_t limit) {
+    uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+    do {
+        if (cur >= limit) return 0;
+    } while (!__atomic_compare_exchange_n(p, &cur, cur + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return cur + 1;
+}
+
 /* Quiescent-state epochs: odd while a worker is inside a batch. Sequentially
  * consistent so that a writer's pointer store and its later epoch read are
  * ordered against the worker's epoch increment and its pointer loads. */
