@@ -260,7 +260,8 @@ def _ctl_text(view: str, data) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return _not_available("demo")
+    from fastpath import demo
+    return demo.main(seconds=args.seconds, rate=args.rate, size=args.size)
 
 
 # --------------------------------------------------------------------------
@@ -468,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
             care-of address mid-stream, print what happened and clean up.
             Needs root."""))
     _add_common(sp, config=False)
+    sp.add_argument("--seconds", type=float, default=10.0, help="how long the CN streams (default: 10)")
+    sp.add_argument("--rate", type=_positive_int, default=4000, help="datagrams per second (default: 4000)")
+    sp.add_argument("--size", type=_positive_int, default=1000, help="datagram payload bytes (default: 1000)")
     sp.set_defaults(func=cmd_demo)
     return p
 

@@ -188,6 +188,8 @@ class ControlPlane:
         if self.registration is None:
             raise PermissionError("a home agent moves bindings only on authenticated "
                                   "Binding Updates")
+        if self.fwd.host is not None:
+            self.fwd.host.relocate(coa)
         self.fwd.sad.relocate(self.registration.hoa, coa)
         self.fwd.sad.wait_grace(1.0)
         self.events["registration.moves"] += 1

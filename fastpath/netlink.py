@@ -442,6 +442,9 @@ class HostSetup:
             self._route_add(self.ha_address, self._wire_idx, self.wire_if)
             if self.home_link:
                 self._sysctl_set(f"net.ipv6.conf.{self.home_link}.proxy_ndp", "1")
+                # answer proxied solicitations at once (the default waits up to
+                # 0.8 s, and the neighbour drops what it queued meanwhile)
+                self._sysctl_set(f"net.ipv6.neigh.{self.home_link}.proxy_delay", "0")
                 fwd = self._sysctl_get(f"net.ipv6.conf.{self.home_link}.forwarding")
                 if fwd == "0":
                     log.warning("net.ipv6.conf.%s.forwarding = 0: the kernel answers "
@@ -489,6 +492,7 @@ class HostSetup:
         self._route_add(coa, self._wire_idx, self.wire_if)
         if idx:
             self._sysctl_set(f"net.ipv6.conf.{link}.proxy_ndp", "1")
+            self._sysctl_set(f"net.ipv6.neigh.{link}.proxy_delay", "0")
             self._proxy_add(coa, idx, link)
         else:
             log.warning("mobile-node role: no on-link prefix holds the care-of address "
@@ -551,6 +555,26 @@ class HostSetup:
         if self.role != "home-agent":
             return
         self._call(self._unbind, hoa)
+
+    def relocate(self, coa) -> None:
+        """Mobile-node role: this node now also uses care-of address ``coa``:
+        route it into the wire TUN and answer neighbour solicitations for it on
+        the link whose prefix holds it. The old care-of address stays routed
+        (packets already in flight to it still arrive) until close()."""
+        coa = _addr(coa)
+        if self.role != "mobile-node":
+            raise PermissionError("only a mobile node relocates itself")
+        self._call(self._relocate, coa)
+
+    def _relocate(self, coa: IPv6Address) -> None:
+        if ("route", coa, 128, None) in self._routes:
+            return
+        idx, link = self._onlink_for(coa)
+        self._route_add(coa, self._wire_idx, self.wire_if)
+        if idx:
+            self._sysctl_set(f"net.ipv6.conf.{link}.proxy_ndp", "1")
+            self._sysctl_set(f"net.ipv6.neigh.{link}.proxy_delay", "0")
+            self._proxy_add(coa, idx, link)
 
     async def abind(self, hoa) -> None:
         """:meth:`bind` for a coroutine: waits without blocking the event loop."""
