@@ -1,5 +1,5 @@
 # The per-worker engine (engine.pyx): classify -> frame -> crypto -> verdict.
-from libc.stdint cimport uint8_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from fastpath.core.batch cimport Batch
 from fastpath.core.esp cimport fp_job, CryptoWorker
 from fastpath.core.sad cimport SADatabase, fp_sad, N_REASONS
@@ -26,6 +26,15 @@ cdef enum:
     BINDING_MAX = 2048      # largest decapsulated BU/MH packet handed to the control plane
     RND_BYTES = 16384       # CBC IVs drawn in bulk
 
+
+cdef struct fp_seq_run:
+    int32_t sa          # the SA
+    uint32_t want       # its packets in this batch
+    uint64_t next       # next number granted to it
+    uint64_t end        # one past the last granted
+
+cdef enum:
+    SEQ_RUNS = 8        # distinct SAs reserved per batch; more fall back to one by one
 
 cdef struct fp_binding_rec:
     int32_t slot
@@ -69,6 +78,7 @@ cdef class Engine:
     cdef void _too_big(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s,
                        int32_t inner_mtu) noexcept nogil
     cdef void _encap(self, Batch b) noexcept nogil
+    cdef void _count_out(self, Batch b, int nj) noexcept nogil
     cdef void _decap(self, Batch b) noexcept nogil
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil
     cdef void _finish_open(self, Batch b, fp_job *j) noexcept nogil

@@ -329,7 +329,10 @@ cdef class Engine:
 
     # -- outbound -------------------------------------------------------------
     cdef void _encap(self, Batch b) noexcept nogil:
-        cdef int i, k, nj = 0
+        """Three passes over the batch: classify (lookups, MTU, plain tunnels),
+        reserve sequence numbers (one atomic per SA, not per packet), frame and
+        seal. Counters are added once per run of packets of one SA."""
+        cdef int i, k, r, nj = 0, nruns = 0, w
         cdef int32_t n, m, e, s, esp_len, hl
         cdef uint8_t *p
         cdef uint8_t *outer
@@ -337,8 +340,10 @@ cdef class Engine:
         cdef fp_sa *sa
         cdef fp_keys *kk
         cdef fp_job *j
-        cdef uint64_t seq
+        cdef uint64_t seq, got
         cdef fp_mn *mn
+        cdef fp_seq_run runs[SEQ_RUNS]
+        # 1. classify
         for i in range(b.count):
             if not self._slot_ok(b, i):
                 self._verdict(b, i, V_DROP, R_MALFORMED, -1)
@@ -374,31 +379,75 @@ cdef class Engine:
                 b.c_len[i] = n + 40
                 self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
                 continue
-            sa = &self.t.sas[s]
-            kk = sa.keys
+            kk = self.t.sas[s].keys
             esp_len = 8 + kk.iv_len + ((n + 2 + kk.align - 1) & ~(kk.align - 1)) + kk.icv_len
             if 40 + esp_len > <int32_t>self.t.mtu:
                 self._too_big(b, i, p, n, s, ((<int32_t>self.t.mtu - 48 - kk.iv_len - kk.icv_len)
                                               & ~(kk.align - 1)) - 2)
                 continue
-            seq = fp_next_seq(&self.t.hot[s].seq, fp_load_u64(&self.t.hot[s].seq_limit))
-            if seq == 0:
-                self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
-                continue
             j = &self.jobs[nj]
             nj += 1
             j.slot = i
             j.sa = s
+            j.ep = e
+            j.plen = n
+            j.run = -1
+            for r in range(nruns):
+                if runs[r].sa == s:
+                    j.run = r
+                    runs[r].want += 1
+                    break
+            if j.run < 0 and nruns < SEQ_RUNS:
+                j.run = nruns
+                runs[nruns].sa = s
+                runs[nruns].want = 1
+                nruns += 1
+        if nj == 0:
+            return
+        # 2. reserve sequence numbers: unique and gap-free across workers
+        for r in range(nruns):
+            runs[r].next = fp_next_seqs(&self.t.hot[runs[r].sa].seq,
+                                        fp_load_u64(&self.t.hot[runs[r].sa].seq_limit),
+                                        runs[r].want, &got)
+            runs[r].end = runs[r].next + got
+        # 3. frame (dropping what got no number), then seal
+        w = 0
+        for k in range(nj):
+            j = &self.jobs[k]
+            s = j.sa
+            i = j.slot
+            if j.run >= 0:
+                seq = runs[j.run].next
+                if seq == runs[j.run].end:
+                    seq = 0
+                else:
+                    runs[j.run].next += 1
+            else:
+                seq = fp_next_seq(&self.t.hot[s].seq, fp_load_u64(&self.t.hot[s].seq_limit))
+            if seq == 0:
+                self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
+                continue
+            if w != k:
+                self.jobs[w].slot = i
+                self.jobs[w].sa = s
+                self.jobs[w].ep = j.ep
+                self.jobs[w].plen = j.plen
+                j = &self.jobs[w]
+            w += 1
+            sa = &self.t.sas[s]
+            kk = sa.keys
+            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
+            n = j.plen
             ivp = NULL
             if kk.kind == KIND_CBC_HMAC:
                 ivp = self._iv(b, i)
             elif self.fixed_ivs and kk.kind == KIND_GCM:
                 ivp = b.c_iv + i * 16           # tests: a published vector's explicit IV
-            esp_frame_out(j, kk, p, n, sa.spi, seq, sa.esn, 41, ivp)
+            esp_len = esp_frame_out(j, kk, p, n, sa.spi, seq, sa.esn, 41, ivp)
             j.plen = n
             hl = 8 + kk.iv_len
             outer = p - hl - 40
-            memcpy(outer, self.t.eps[e].hdr, 40)
+            memcpy(outer, self.t.eps[j.ep].hdr, 40)
             wr16(outer + 4, esp_len)
             outer[6] = 50
             b.c_off[i] -= 40 + hl
@@ -406,17 +455,35 @@ cdef class Engine:
             b.c_sa[i] = s
             b.c_reason[i] = 0
             b.c_verdict[i] = V_TO_WIRE
-        if nj == 0:
+        if w == 0:
             return
-        self.crypto.seal(self.jobs, nj)
+        self.crypto.seal(self.jobs, w)
+        self._count_out(b, w)
+
+    cdef void _count_out(self, Batch b, int nj) noexcept nogil:
+        """Verdicts and SA counters after sealing, one atomic add per run."""
+        cdef int k
+        cdef int32_t cur = -1
+        cdef uint64_t pk = 0, by = 0
+        cdef fp_job *j
         for k in range(nj):
             j = &self.jobs[k]
             if not j.ok:
                 self._verdict(b, j.slot, V_DROP, R_MALFORMED, j.sa)
                 continue
             self.verdicts[V_TO_WIRE] += 1
-            fp_add_u64(&self.t.hot[j.sa].packets, 1)
-            fp_add_u64(&self.t.hot[j.sa].bytes, <uint64_t>j.plen)
+            if j.sa != cur:
+                if cur >= 0:
+                    fp_add_u64(&self.t.hot[cur].packets, pk)
+                    fp_add_u64(&self.t.hot[cur].bytes, by)
+                cur = j.sa
+                pk = 0
+                by = 0
+            pk += 1
+            by += <uint64_t>j.plen
+        if cur >= 0:
+            fp_add_u64(&self.t.hot[cur].packets, pk)
+            fp_add_u64(&self.t.hot[cur].bytes, by)
 
     # -- inbound ----------------------------------------------------------------
     cdef void _decap(self, Batch b) noexcept nogil:

@@ -65,6 +65,8 @@ cdef struct fp_job:
     # engine bookkeeping carried from framing to verdict (not used by crypto)
     uint64_t seq
     int32_t plen        # payload length (encap: the inner packet)
+    int32_t ep          # encap: endpoint record read for this packet
+    int32_t run         # encap: index in the batch's sequence-number reservations
     int32_t esp_off     # offset of the ESP header in the packet
     int32_t nh_pos      # offset of the next-header byte that names ESP
     const uint8_t *hoa  # Home Address option's address, if any

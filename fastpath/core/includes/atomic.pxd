@@ -8,6 +8,7 @@ cdef extern from "fp_atomic.h" nogil:
     uint64_t fp_add_fetch_u64(uint64_t *p, uint64_t v)
     void fp_add_u64(uint64_t *p, uint64_t v)
     uint64_t fp_next_seq(uint64_t *p, uint64_t limit)
+    uint64_t fp_next_seqs(uint64_t *p, uint64_t limit, uint64_t want, uint64_t *got)
     uint64_t fp_epoch_bump(uint64_t *p)
     uint64_t fp_epoch_read(const uint64_t *p)
     void fp_fence()
