@@ -63,6 +63,8 @@ cdef class Engine:
     cdef public double ptb_burst
     cdef double ptb_tokens
     cdef double ptb_last
+    cdef uint64_t run_packets           # decap: packets/bytes of the current SA run
+    cdef uint64_t run_bytes
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t verdicts[N_VERDICTS]
 
@@ -82,3 +84,4 @@ cdef class Engine:
     cdef void _decap(self, Batch b) noexcept nogil
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil
     cdef void _finish_open(self, Batch b, fp_job *j) noexcept nogil
+    cdef void _end_run(self, int32_t s) noexcept nogil

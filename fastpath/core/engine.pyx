@@ -15,7 +15,7 @@ from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM
 from fastpath.core.esp cimport (fp_job, fp_keys, CryptoWorker, KIND_GCM, KIND_CBC_HMAC,
                                 esp_frame_out, esp_frame_in, esp_ct_len, esp_trailer)
 from fastpath.core.sad cimport *
-from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit
+from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit_locked
 from fastpath.core.includes.atomic cimport *
 from fastpath.core.includes.openssl cimport RAND_bytes
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
@@ -498,6 +498,7 @@ cdef class Engine:
         cdef fp_job *j
         cdef uint64_t seq
         cdef bint bad
+        cdef int32_t cur
         self.n_bindings = 0
         for i in range(b.count):
             if not self._slot_ok(b, i):
@@ -590,8 +591,24 @@ cdef class Engine:
         if nj == 0:
             return
         self.crypto.open(self.jobs, nj)
+        # Runs of one SA take its replay lock and update its counters once.
+        cur = -1
         for k in range(nj):
+            if self.jobs[k].sa != cur:
+                if cur >= 0:
+                    self._end_run(cur)
+                cur = self.jobs[k].sa
+                fp_spin_lock(&self.t.hot[cur].lock)
             self._finish_open(b, &self.jobs[k])
+        self._end_run(cur)
+
+    cdef void _end_run(self, int32_t s) noexcept nogil:
+        fp_spin_unlock(&self.t.hot[s].lock)
+        if self.run_packets:
+            fp_add_u64(&self.t.hot[s].packets, self.run_packets)
+            fp_add_u64(&self.t.hot[s].bytes, self.run_bytes)
+        self.run_packets = 0
+        self.run_bytes = 0
 
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil:
         # IPv6-in-IPv6 without ESP: the outer source must be the registered CoA
@@ -639,7 +656,7 @@ cdef class Engine:
         if plen < 0:
             self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
             return
-        if not replay_commit(sa, &self.t.hot[s], j.seq):
+        if not replay_commit_locked(sa, &self.t.hot[s], j.seq):
             self._verdict(b, i, V_DROP, R_REPLAY, s)
             return
         if nxt == 59:
@@ -685,10 +702,10 @@ cdef class Engine:
             r.length = newlen
             r.mh_offset = j.esp_off
             memcpy(r.data, q, newlen)
-            fp_add_u64(&self.t.hot[s].packets, 1)
-            fp_add_u64(&self.t.hot[s].bytes, <uint64_t>newlen)
+            self.run_packets += 1
+            self.run_bytes += <uint64_t>newlen
             self._verdict(b, i, V_BINDING, R_NONE, s)
             return
-        fp_add_u64(&self.t.hot[s].packets, 1)
-        fp_add_u64(&self.t.hot[s].bytes, <uint64_t>plen)
+        self.run_packets += 1
+        self.run_bytes += <uint64_t>plen
         self._verdict(b, i, V_TO_HOME, R_NONE, s)

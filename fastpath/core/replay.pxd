@@ -39,11 +39,19 @@ cdef inline bint replay_fresh(const fp_sa *sa, uint64_t T, uint64_t seq) noexcep
 cdef inline bint replay_commit(const fp_sa *sa, fp_sa_hot *hot, uint64_t seq) noexcept nogil:
     """Re-check under the SA's lock (another worker may have taken the same
     number meanwhile) and record seq. False if it is a replay after all."""
-    cdef uint64_t T, x, bit
+    cdef bint ok
     fp_spin_lock(&hot.lock)
+    ok = replay_commit_locked(sa, hot, seq)
+    fp_spin_unlock(&hot.lock)
+    return ok
+
+
+cdef inline bint replay_commit_locked(const fp_sa *sa, fp_sa_hot *hot, uint64_t seq) noexcept nogil:
+    """replay_commit() for a caller that holds hot.lock (a run of packets of
+    one SA takes the lock once)."""
+    cdef uint64_t T, x, bit
     T = hot.seq
     if not replay_fresh(sa, T, seq):
-        fp_spin_unlock(&hot.lock)
         return False
     if seq > T:
         if sa.window:
@@ -59,5 +67,4 @@ cdef inline bint replay_commit(const fp_sa *sa, fp_sa_hot *hot, uint64_t seq) no
     if sa.window:
         bit = seq & (sa.nbits - 1)
         sa.bitmap[bit >> 6] |= (<uint64_t>1) << (bit & 63)
-    fp_spin_unlock(&hot.lock)
     return True
