@@ -1,6 +1,7 @@
 """`fastpath replay` end to end on the shipped example capture, checked with
 scapy: ESP to the static CoA, a Binding Update moves MN1, its Binding Ack is
 in the output in the BU's place, and the next packets go to the new CoA."""
+import os
 import subprocess
 import sys
 
@@ -21,8 +22,9 @@ NEW_COA = "2001:db8:4::10"
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory):
     path = tmp_path_factory.mktemp("cap") / "in.pcap"
+    env = dict(os.environ, PYTHONPATH=str(REPO_EXAMPLES.parent))
     subprocess.run([sys.executable, str(REPO_EXAMPLES / "make_capture.py"), str(path)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=env)
     return path
 
 
