@@ -198,3 +198,39 @@ def test_forwarding_between_namespaces(net, tmp_path, alg):
     assert not {"fp-home", "fp-wire"} & set(net.ha.links())
     assert "proto 250" not in net.ha.ip("-6", "route", "show", "table", "all").stdout
     assert net.ha.ip("-6", "neigh", "show", "proxy").stdout.strip() == ""
+
+
+def test_control_socket_and_metrics(net, tmp_path):
+    """The read-only control socket (mode 0600, no way to move a binding) and
+    the Prometheus endpoint of a running home agent."""
+    cfg = config(tmp_path, "aes128gcm16")
+    sock = str(tmp_path / "ha.sock")
+    ha = start(net.ha, cfg, sock, "--metrics", "127.0.0.1:9109")
+    try:
+        assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+        status = ctl(net.ha, sock, "status")
+        assert status["role"] == "home-agent" and status["sas"] == 4
+        assert {sa["spi"] for sa in ctl(net.ha, sock, "sas")} == {0x1010, 0x1020, 0x1030, 0x1040}
+        [b] = ctl(net.ha, sock, "bindings")
+        assert b["home_address"] == T.HOA1 and b["care_of_address"] == T.COA1
+        # nothing but the binding-update path moves an SA: 'move' is refused here
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+        r = net.ha.run([sys.executable, "-m", "fastpath", "ctl", "--socket", sock, "move",
+                        "--coa", T.COA2], env=env, check=False)
+        assert r.returncode == 2 and "unknown request" in r.stderr
+        assert ctl(net.ha, sock, "bindings")[0]["care_of_address"] == T.COA1
+        # Prometheus text format
+        text = net.ha.python("""
+            import urllib.request
+            print(urllib.request.urlopen("http://127.0.0.1:9109/metrics", timeout=5).read().decode())
+            """).stdout
+        assert "# TYPE fastpath_drops_total counter" in text
+        assert 'fastpath_drops_total{reason="icv"} 0' in text
+        assert 'fastpath_sa_packets_total{spi="0x00001040",direction="out"' in text
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                float(value)              # every sample line ends in a number
+    finally:
+        ha.send_signal(signal.SIGTERM)
+        ha.wait(10)
