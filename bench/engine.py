@@ -137,11 +137,17 @@ class Workload:
     """The packets of one (table, size): encap input with a rotation of
     destination HoAs, decap input pool, and the bytes the ref engine gets."""
 
-    def __init__(self, table, size: int, batch: int, pool: int, need_decap: bool):
+    def __init__(self, table, size: int, batch: int, pool: int, need_decap: bool,
+                 active: int | None = None):
         self.table, self.size, self.B = table, size, batch
         self.max_packet = max(2048, size + 256)
-        n = table.built
-        order = traffic_order(n)
+        # active: traffic to only that many mobile nodes (spread over the
+        # table), the rest idle in it: the lookup cost alone, not the cache
+        # misses of touching every SA's keys
+        n = table.built if not active else min(active, table.built)
+        order = traffic_order(table.built)
+        if n < table.built:
+            order = order[np.linspace(0, table.built - 1, n).astype(np.int64)]
         self.order = order
         # Encap: one pristine batch; with several mobile nodes the destination
         # IIDs of each batch are rewritten from `rot` (R batches cover them all).
