@@ -156,4 +156,8 @@ def test_batches_mixing_sas_match_reference(alg, backend):
     gen = WireGen(topo)
     compare(topo, "decap", [gen.packet(k, 60 + 31 * i, rnd)
                             for i, k in enumerate(["esp", "rr", "bu"] * 13)])
+    # short runs per SA (below a burst): ipsec-mb's job manager path
+    short = [home_packet(k, 100 + i, rnd) for i, k in enumerate(["mn1", "hot", "mn1", "hot", "mn1"])]
+    compare(topo, "encap", short, [random_bytes(rnd, 16) for _ in short])
+    compare(topo, "decap", [gen.packet(k, 90 + i, rnd) for i, k in enumerate(["esp", "rr", "bu", "rr"])])
     compare_counters(topo)

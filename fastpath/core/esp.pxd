@@ -17,6 +17,7 @@ cdef enum:
     BACKEND_IPSECMB = 2
     MB_BURST = 128          # intel-ipsec-mb's largest burst
     MB_SORT = 256           # jobs grouped by SA at a time
+    MB_MIN_BURST = 8        # shorter runs of one SA go through the job manager
 
 # Key material of one SA: set up once, read-only afterwards, shared by workers.
 cdef struct fp_keys:
@@ -93,6 +94,7 @@ cdef class CryptoWorker:
     cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil
     cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil
     cdef void _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil
+    cdef void _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil
 
 
 cdef inline void _be32(uint8_t *p, uint32_t v) noexcept nogil:

@@ -311,7 +311,7 @@ cdef class CryptoWorker:
 
     # -- intel-ipsec-mb --------------------------------------------------
     cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil:
-        cdef int i, r, m, base
+        cdef int i, r, m, base, small
         cdef fp_job *j
         cdef fp_job *order[MB_SORT]
         base = 0
@@ -336,16 +336,50 @@ cdef class CryptoWorker:
                 order[r] = j
                 m += 1
             base = i
-            # Each run of one SA goes as one cipher burst and one hash burst, so
-            # the SIMD lanes stay full. (A cipher burst must not mix keys:
-            # ipsec-mb 1.3 ciphers the whole burst with the first job's keys.)
+            # A long run of one SA goes as one cipher burst and one hash burst.
+            # (A cipher burst must not mix keys: ipsec-mb 1.3 ciphers the whole
+            # burst with the first job's keys.) Short runs - a batch spread over
+            # many SAs - go through the job manager, whose lanes do mix keys.
             i = 0
+            small = 0
             while i < m:
                 r = i + 1
                 while r < m and r - i < MB_BURST and order[r].keys == order[i].keys:
                     r += 1
-                self._mb_burst(order + i, r - i, encrypt)
+                if r - i >= MB_MIN_BURST:
+                    self._mb_burst(order + i, r - i, encrypt)
+                else:
+                    while i < r:                  # compact the short runs to the front
+                        order[small] = order[i]
+                        small += 1
+                        i += 1
                 i = r
+            if small:
+                self._mb_jobs(order, small, encrypt)
+
+    cdef void _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil:
+        cdef int x
+        cdef fp_job *j
+        cdef fp_mb_job *mj
+        cdef bint cbc
+        for x in range(n):
+            j = jobs[x]
+            j.ok = 0
+            cbc = j.keys.kind == KIND_CBC_HMAC
+            mj = fp_mb_next(self.mb)
+            fp_mb_job_cbc_hmac(mj, encrypt, j.keys.hash == HASH_SHA256,
+                               j.keys.mb_enc, j.keys.mb_dec, j.keys.enc_key_len if cbc else 0,
+                               j.esp, <uint64_t>(j.ct - j.esp), j.ct_len, j.auth_len,
+                               j.iv, j.keys.mb_ipad, j.keys.mb_opad, j.tag, j.keys.icv_len, j)
+            mj = fp_mb_submit(self.mb)
+            while mj != NULL:
+                _mb_job_done(mj, encrypt)
+                mj = fp_mb_completed(self.mb)
+        # Jobs return in order and AVX-512 holds ~31 back: flush every batch.
+        mj = fp_mb_flush(self.mb)
+        while mj != NULL:
+            _mb_job_done(mj, encrypt)
+            mj = fp_mb_flush(self.mb)
 
     cdef void _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil:
         cdef int x, done_c = n, done_h
@@ -371,6 +405,14 @@ cdef class CryptoWorker:
                 _mb_finish(jobs[x], encrypt)
             else:
                 jobs[x].ok = 0
+
+
+cdef inline void _mb_job_done(fp_mb_job *mj, int encrypt) noexcept nogil:
+    cdef fp_job *j = <fp_job *>fp_mb_job_user(mj)
+    if fp_mb_job_ok(mj):
+        _mb_finish(j, encrypt)
+    else:
+        j.ok = 0
 
 
 cdef inline void _mb_finish(fp_job *j, int encrypt) noexcept nogil:
