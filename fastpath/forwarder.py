@@ -114,7 +114,7 @@ class Forwarder:
         for i in range(opts.workers):
             eng = Engine(self.sad, self.backend, max_batch=opts.batch)
             w = Worker(eng, home[i], wire[i], opts.batch, max(2048, cfg.home_agent.mtu + 64),
-                       opts.null_forwarder)
+                       opts.null_forwarder, min(cfg.home_agent.mtu, 9000))
             self.engines.append(eng)
             self.workers.append(w)
         for i, w in enumerate(self.workers):

@@ -337,6 +337,15 @@ class HostSetup:
         return idx
 
     def _link_up(self, idx: int, ifname: str, mtu: int) -> None:
+        # No link-local address on our TUNs: otherwise the kernel sends MLD
+        # reports and router solicitations into them on every start, which the
+        # engine can only count as drops and punts. (The TUN goes away with
+        # its fds, so this is not recorded for restoring.)
+        try:
+            with open(_sysctl_path(f"net.ipv6.conf.{ifname}.addr_gen_mode"), "w") as f:
+                f.write("1")
+        except OSError as e:
+            log.debug("addr_gen_mode on %s: %s", ifname, e)
         try:
             self._ipr.link("set", index=idx, mtu=mtu, state="up")
         except Exception as e:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from fastpath import pcap
 from fastpath.core.batch import Batch
 from fastpath.core.engine import Engine
+from fastpath.ref.ipv6 import fragment
 from fastpath.tables import resolve_backend, sad_from_config
 from fastpath.verdicts import Reason, Verdict
 
@@ -81,7 +82,12 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                 res.verdicts[Verdict(v).name.lower()] += 1
                 if v == Verdict.DROP:
                     res.drops[Reason(r).name.lower()] += 1
-                elif v in (Verdict.TO_WIRE, Verdict.TO_HOME):
+                elif v == Verdict.TO_WIRE:
+                    # what the tunnel MTU cannot carry leaves fragmented (RFC 2473 §7.1)
+                    for piece in fragment(data, cfg.home_agent.mtu, res.packets_out):
+                        out.write(piece, pending[i])
+                        res.packets_out += 1
+                elif v == Verdict.TO_HOME:
                     out.write(data, pending[i])
                     res.packets_out += 1
                 elif v == Verdict.PUNT:

@@ -747,15 +747,15 @@ def test_seq_exhausted_with_esn(backend):
 @backends
 @pytest.mark.parametrize("alg", ["aes128-sha1", "aes128gcm16", "null-sha256"])
 def test_too_big_edges(alg, backend):
-    mtu = 1280
+    mtu = 1500                               # edges above 1280: those get a PTB
     topo = make_topo(alg, False, backend, mtu=mtu)
     sa = topo.mn_sa(MN1, "payload")          # same algorithm as the out SA
     fits = max(n for n in range(40, mtu) if 40 + sa.sealed_len(n) <= mtu)
     pkts = [inner(CN, MN1, fits), inner(CN, MN1, fits + 1), inner(CN, MN1, fits),
             inner(CN, MN2, mtu - 40), inner(CN, MN2, mtu - 39)]
     got = check(topo, "encap", pkts, [IV] * len(pkts))
-    assert vr(got) == [(TO_WIRE, 0), (DROP, R.TOO_BIG), (TO_WIRE, 0), (TO_WIRE, 0),
-                       (DROP, R.TOO_BIG)]
+    assert vr(got) == [(TO_WIRE, 0), (TO_HOME, R.TOO_BIG), (TO_WIRE, 0), (TO_WIRE, 0),
+                       (TO_HOME, R.TOO_BIG)]
     assert len(got[0][2]) <= mtu and len(got[3][2]) == mtu
     assert [_seq_of(got[0][2]), _seq_of(got[2][2])] == [1, 2]   # too_big took no number
     same_counters(topo)
@@ -802,8 +802,17 @@ def test_packet_too_big_floor_and_small(backend):
     topo = make_topo("aes128-sha1", False, backend, mtu=1300)
     pkts = [inner(CN, MN1, 1280), inner(CN, MN1, 1281), inner(CN, MN2, 1281)]
     got = check(topo, "encap", pkts, [IV] * 3)
-    assert vr(got) == [(DROP, R.TOO_BIG), (TO_HOME, R.TOO_BIG), (TO_HOME, R.TOO_BIG)]
+    # 1280 bytes never get a PTB: tunnelled, the outer packet goes out in
+    # fragments (RFC 2473 §7.1) that the output stage makes
+    assert vr(got) == [(TO_WIRE, R.NONE), (TO_HOME, R.TOO_BIG), (TO_HOME, R.TOO_BIG)]
     assert [struct.unpack("!I", p[44:48])[0] for _, _, p in got[1:]] == [1280, 1280]
+    outer_pkt = got[0][2]
+    assert len(outer_pkt) > 1300
+    from fastpath.ref.ipv6 import fragment
+    frags = fragment(outer_pkt, 1300, 7)
+    assert len(frags) == 2 and all(len(f) <= 1300 for f in frags)
+    assert b"".join(f[48:] for f in frags) == outer_pkt[40:]      # they reassemble
+    assert frags[0][6] == 44 and frags[0][40] == outer_pkt[6] and frags[0][43] & 1 == 1
     same_counters(topo)
 
 

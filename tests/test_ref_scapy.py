@@ -454,11 +454,11 @@ def test_encap_plain_tunnel_without_payload_sa():
 
 
 def test_encap_too_big_at_the_mtu_boundary():
-    down = inner_down(100)
+    down = inner_down(1300)         # > 1280: smaller packets are fragmented, never refused
     eng = engine()
     size = 40 + eng.sa("out", SPI_OUT).esp.sealed_len(len(down))
     eng.mtu = size - 1
-    assert verdicts(eng.encap([down])) == [(Verdict.DROP, Reason.TOO_BIG)]
+    assert verdicts(eng.encap([down])) == [(Verdict.TO_HOME, Reason.TOO_BIG)]   # a PTB
     assert eng.sa("out", SPI_OUT).seq == 0          # no sequence number spent
     assert eng.counters()["sa"][SPI_OUT]["drops"]["too_big"] == 1
     eng.mtu = size
@@ -466,7 +466,7 @@ def test_encap_too_big_at_the_mtu_boundary():
     assert (v, len(out)) == (Verdict.TO_WIRE, size)
     plain = engine(payload=False)
     plain.mtu = 40 + len(down) - 1
-    assert verdicts(plain.encap([down])) == [(Verdict.DROP, Reason.TOO_BIG)]
+    assert verdicts(plain.encap([down])) == [(Verdict.TO_HOME, Reason.TOO_BIG)]
     plain.mtu += 1
     assert verdicts(plain.encap([down])) == [(Verdict.TO_WIRE, Reason.NONE)]
 
@@ -785,3 +785,22 @@ def test_sa_table_rules():
         add(eng, "bogus", "in", 0x9999, alg)
     assert eng.sa("in", SPI_BIND_IN).mode == TRANSPORT
     assert eng.sa("out", SPI_OUT).mode == TUNNEL
+
+
+def test_encap_small_packet_is_tunnelled_even_past_the_mtu():
+    """RFC 2473 §7.1: a packet of at most 1280 bytes is not refused; its outer
+    packet exceeds the MTU and is fragmented on output (ipv6.fragment)."""
+    from fastpath.ref.ipv6 import fragment
+    eng = engine()
+    down = inner_down(1280 - 48)
+    assert len(down) == 1280
+    eng.mtu = 1280
+    v, r, out = one(eng.encap([down]))
+    assert (v, r) == (Verdict.TO_WIRE, Reason.NONE) and len(out) > 1280
+    frags = fragment(out, 1280, 99)
+    assert all(len(f) <= 1280 for f in frags) and len(frags) == 2
+    assert b"".join(f[48:] for f in frags) == out[40:]
+    # scapy reassembles them into the same packet
+    from scapy.layers.inet6 import defragment6
+    whole = defragment6([IPv6(f) for f in frags])
+    assert raw(whole)[40:] == out[40:]

@@ -367,8 +367,10 @@ cdef class Engine:
             if mn.sa[PURPOSE_RR][DIR_OUT] >= 0 and is_mh_type(p, n, 3 if self.t.role == ROLE_HA else 1):
                 s = mn.sa[PURPOSE_RR][DIR_OUT]
             if s < 0:
-                # Plain IPv6-in-IPv6 (RFC 2473).
-                if 40 + n > <int32_t>self.t.mtu:
+                # Plain IPv6-in-IPv6 (RFC 2473). A packet of up to 1280 bytes
+                # is tunnelled even when it does not fit: its outer packet
+                # leaves fragmented (RFC 2473 §7.1; the worker fragments).
+                if 40 + n > <int32_t>self.t.mtu and n > 1280:
                     self._too_big(b, i, p, n, -1, self.t.mtu - 40)
                     continue
                 outer = p - 40
@@ -381,7 +383,7 @@ cdef class Engine:
                 continue
             kk = self.t.sas[s].keys
             esp_len = 8 + kk.iv_len + ((n + 2 + kk.align - 1) & ~(kk.align - 1)) + kk.icv_len
-            if 40 + esp_len > <int32_t>self.t.mtu:
+            if 40 + esp_len > <int32_t>self.t.mtu and n > 1280:
                 self._too_big(b, i, p, n, s, ((<int32_t>self.t.mtu - 48 - kk.iv_len - kk.icv_len)
                                               & ~(kk.align - 1)) - 2)
                 continue

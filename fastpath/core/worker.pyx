@@ -8,7 +8,7 @@ write; sleep in poll() when both are empty. Packets for the control plane
 ring with an eventfd to wake the control thread; a full ring drops and
 counts, it never blocks the worker.
 """
-from libc.stdint cimport uint8_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 from libc.errno cimport errno, EAGAIN, EINTR
@@ -39,6 +39,7 @@ cdef enum:
     PUNT_DATA = 2048
     KIND_PUNT = 1          # a wire-side packet the engine does not handle, unchanged
     KIND_BINDING = 2       # an authenticated Mobility Header from a binding SA
+    FRAG_BUF = 9216        # one fragment (at most the wire MTU we fragment for)
     SIDE_HOME = 0
     SIDE_WIRE = 1
 
@@ -134,9 +135,13 @@ cdef class Worker:
     cdef uint64_t rx_oversize[2]
     cdef uint64_t batches[2]
     cdef uint64_t polls
+    cdef readonly int mtu             # wire MTU: longer outer packets leave fragmented
+    cdef uint32_t frag_id
+    cdef uint64_t fragmented
+    cdef uint8_t frag_buf[FRAG_BUF]
 
     def __cinit__(self, Engine engine, int home_fd, int wire_fd, int batch=64,
-                  int max_packet=2048, bint null_forwarder=False):
+                  int max_packet=2048, bint null_forwarder=False, int mtu=65535):
         """null_forwarder: the same loop with no transform (home -> wire and
         wire -> home unchanged): the TUN I/O ceiling, for benchmarks."""
         self.engine = engine
@@ -151,6 +156,10 @@ cdef class Worker:
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0:
             raise OSError(errno, "eventfd")
+        if mtu < 1280:
+            raise ValueError("the wire MTU is at least 1280 (RFC 8200)")
+        self.mtu = mtu
+        self.frag_id = <uint32_t>int.from_bytes(__import__("os").urandom(4), "big")
 
     def __dealloc__(self):
         if self.stop_fd >= 0:
@@ -176,6 +185,7 @@ cdef class Worker:
             "rx_oversize": {names[s]: self.rx_oversize[s] for s in range(2)},
             "batches": {names[s]: self.batches[s] for s in range(2)},
             "polls": self.polls,
+            "fragmented": self.fragmented,
             "punt_overflow": self.punts.overflow,
         }
 
@@ -258,11 +268,47 @@ cdef class Worker:
                 side = SIDE_HOME
             else:
                 continue
-            w = write(fd, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i], b.c_len[i])
+            if side == SIDE_WIRE and b.c_len[i] > self.mtu:
+                w = self._write_fragments(fd, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i],
+                                          b.c_len[i])
+            else:
+                w = write(fd, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i], b.c_len[i])
             if w < 0:
                 self.tx_errors[side] += 1
             else:
                 self.tx[side] += 1
+
+    cdef long _write_fragments(self, int fd, const uint8_t *p, int32_t n) noexcept nogil:
+        """An outer packet longer than the wire MTU (only ever one that carries
+        an inner packet of <= 1280 bytes: RFC 2473 §7.1) leaves as IPv6
+        fragments (RFC 8200 §4.5); our outer header has no extension headers."""
+        cdef int32_t room = (self.mtu - 48) & ~7
+        cdef int32_t off = 0, part
+        cdef uint8_t *q = self.frag_buf
+        cdef uint32_t ident = self.frag_id
+        self.frag_id += 1
+        self.fragmented += 1
+        while off < n - 40:
+            part = n - 40 - off
+            if part > room:
+                part = room
+            memcpy(q, p, 40)
+            q[4] = <uint8_t>((8 + part) >> 8)
+            q[5] = <uint8_t>(8 + part)
+            q[6] = 44
+            q[40] = p[6]
+            q[41] = 0
+            q[42] = <uint8_t>(off >> 8)
+            q[43] = <uint8_t>((off & 0xF8) | (1 if off + part < n - 40 else 0))
+            q[44] = <uint8_t>(ident >> 24)
+            q[45] = <uint8_t>(ident >> 16)
+            q[46] = <uint8_t>(ident >> 8)
+            q[47] = <uint8_t>ident
+            memcpy(q + 48, p + 40 + off, part)
+            if write(fd, q, 48 + part) < 0:
+                return -1
+            off += part
+        return n
 
     cdef void _punt(self, Batch b) noexcept nogil:
         cdef int i, k

@@ -178,10 +178,11 @@ class RefEngine:
             return self._drop(Reason.NO_BINDING)
         sa = self._outbound_sa(mn, pkt)                             # 3
         if sa is None:      # plain IPv6-in-IPv6 (RFC 2473)
-            if ipv6.HEADER_LEN + len(pkt) > self.mtu:               # 4
+            if ipv6.HEADER_LEN + len(pkt) > self.mtu and len(pkt) > ipv6.MIN_MTU:  # 4
                 return self._too_big(pkt, self.mtu - ipv6.HEADER_LEN, None)
             return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_IPV6, pkt))
-        if ipv6.HEADER_LEN + sa.esp.sealed_len(len(pkt)) > self.mtu:  # 4
+        if (ipv6.HEADER_LEN + sa.esp.sealed_len(len(pkt)) > self.mtu    # 4
+                and len(pkt) > ipv6.MIN_MTU):
             return self._too_big(pkt, sa.esp.max_payload(self.mtu - ipv6.HEADER_LEN), sa)
         try:                                                        # 5
             seq = sa.next_seq()

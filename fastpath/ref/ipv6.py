@@ -206,3 +206,27 @@ def packet_too_big(src: bytes, original: bytes, mtu: int) -> bytes:
     csum = checksum(src, dst, NH_ICMPV6, icmp)
     icmp = icmp[:2] + csum.to_bytes(2, "big") + icmp[4:]
     return ipv6_header(src, dst, NH_ICMPV6, len(icmp)) + icmp
+
+
+NH_FRAGMENT_HDR = 44
+
+
+def fragment(pkt: bytes, mtu: int, ident: int) -> list[bytes]:
+    """Split an IPv6 packet without extension headers into fragments of at
+    most `mtu` bytes (RFC 8200 §4.5): how a tunnel entry point sends an outer
+    packet that the tunnel's MTU cannot carry (RFC 2473 §7.1)."""
+    if len(pkt) <= mtu:
+        return [pkt]
+    hdr, body = pkt[:HEADER_LEN], pkt[HEADER_LEN:]
+    room = (mtu - HEADER_LEN - 8) & ~7
+    out = []
+    for off in range(0, len(body), room):
+        part = body[off:off + room]
+        more = off + room < len(body)
+        frag = bytes([hdr[6], 0]) + ((off & ~7) | int(more)).to_bytes(2, "big") + \
+            (ident & 0xFFFFFFFF).to_bytes(4, "big")
+        h = bytearray(hdr)
+        h[4:6] = (8 + len(part)).to_bytes(2, "big")
+        h[6] = NH_FRAGMENT_HDR
+        out.append(bytes(h) + frag + part)
+    return out
