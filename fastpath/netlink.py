@@ -498,15 +498,7 @@ class HostSetup:
                 raise HostSetupError(f"mobile-node role: care-of link {link!r} does not exist")
         else:
             idx, link = self._onlink_for(coa)
-        self._route_add(coa, self._wire_idx, self.wire_if)
-        if idx:
-            self._sysctl_set(f"net.ipv6.conf.{link}.proxy_ndp", "1")
-            self._sysctl_set(f"net.ipv6.neigh.{link}.proxy_delay", "0")
-            self._proxy_add(coa, idx, link)
-        else:
-            log.warning("mobile-node role: no on-link prefix holds the care-of address "
-                        "%s: no proxy NDP entry; the access router must reach it by "
-                        "other means", coa)
+        self._route_coa(coa, idx, link)
         try:
             self._ipr.addr("add", index=self._home_idx, address=str(hoa), prefixlen=128,
                            flags=IFA_F_NODAD)
@@ -576,14 +568,21 @@ class HostSetup:
         self._call(self._relocate, coa)
 
     def _relocate(self, coa: IPv6Address) -> None:
-        if ("route", coa, 128, None) in self._routes:
-            return
-        idx, link = self._onlink_for(coa)
+        if ("route", coa, 128, None) not in self._routes:
+            self._route_coa(coa, *self._onlink_for(coa))
+
+    def _route_coa(self, coa: IPv6Address, idx: int, link: str) -> None:
+        """A care-of address of ours: routed into the wire TUN, and answered
+        for by proxy NDP on `link` so the access router reaches it."""
         self._route_add(coa, self._wire_idx, self.wire_if)
         if idx:
             self._sysctl_set(f"net.ipv6.conf.{link}.proxy_ndp", "1")
             self._sysctl_set(f"net.ipv6.neigh.{link}.proxy_delay", "0")
             self._proxy_add(coa, idx, link)
+        else:
+            log.warning("mobile-node role: no on-link prefix holds the care-of address "
+                        "%s: no proxy NDP entry; the access router must reach it by "
+                        "other means", coa)
 
     async def abind(self, hoa) -> None:
         """:meth:`bind` for a coroutine: waits without blocking the event loop."""
