@@ -90,6 +90,7 @@ cdef class CryptoWorker:
     cdef void open(self, fp_job *jobs, int n) noexcept nogil
     cdef fp_ossl *_ctx(self, fp_job *j, int enc) noexcept nogil
     cdef bint _cbc(self, fp_ossl *o, fp_job *j, int enc) noexcept nogil
+    cdef bint _gcm(self, fp_job *j, int enc) noexcept nogil
     cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
     cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil
     cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil

@@ -247,6 +247,29 @@ cdef class CryptoWorker:
         memcpy(o.last, save, 16)
         return True
 
+    cdef bint _gcm(self, fp_job *j, int enc) noexcept nogil:
+        """One AES-GCM seal (tag written to the ICV) or open (tag checked:
+        Final compares in constant time; on failure the plaintext already
+        written in place is dropped by the caller)."""
+        cdef int outl
+        cdef fp_ossl *o = self._ctx(j, enc)
+        if o == NULL:
+            return False
+        self.gcm_in[0].data = j.nonce
+        if enc:
+            self.gcm_in[1] = OSSL_PARAM_construct_end()
+        else:
+            self.gcm_in[1] = OSSL_PARAM_construct_octet_string(b"tag", j.rx_icv, 16)
+        if (EVP_CIPHER_CTX_set_params(o.c, self.gcm_in) != 1
+                or EVP_CipherUpdate(o.c, NULL, &outl, j.aad, j.aad_len) != 1
+                or EVP_CipherUpdate(o.c, j.ct, &outl, j.ct, j.ct_len) != 1
+                or EVP_CipherFinal_ex(o.c, j.ct + j.ct_len, &outl) != 1):
+            return False
+        if enc:
+            self.gcm_tag[0].data = j.icv
+            return EVP_CIPHER_CTX_get_params(o.c, self.gcm_tag) == 1
+        return True
+
     cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil:
         cdef int i, outl
         cdef fp_job *j
@@ -255,19 +278,7 @@ cdef class CryptoWorker:
             j = &jobs[i]
             j.ok = 0
             if j.keys.kind == KIND_GCM:
-                o = self._ctx(j, 1)
-                if o == NULL:
-                    continue
-                self.gcm_in[0].data = j.nonce
-                self.gcm_in[1] = OSSL_PARAM_construct_end()
-                self.gcm_tag[0].data = j.icv
-                if (EVP_CIPHER_CTX_set_params(o.c, self.gcm_in) != 1
-                        or EVP_CipherUpdate(o.c, NULL, &outl, j.aad, j.aad_len) != 1
-                        or EVP_CipherUpdate(o.c, j.ct, &outl, j.ct, j.ct_len) != 1
-                        or EVP_CipherFinal_ex(o.c, j.ct + j.ct_len, &outl) != 1
-                        or EVP_CIPHER_CTX_get_params(o.c, self.gcm_tag) != 1):
-                    continue
-                j.ok = 1
+                j.ok = self._gcm(j, 1)
                 continue
             if j.keys.kind == KIND_CBC_HMAC:
                 o = self._ctx(j, 1)
@@ -285,19 +296,7 @@ cdef class CryptoWorker:
             j = &jobs[i]
             j.ok = 0
             if j.keys.kind == KIND_GCM:
-                o = self._ctx(j, 0)
-                if o == NULL:
-                    continue
-                # Final compares the tag in constant time; on failure the
-                # (already written) plaintext is dropped by the caller.
-                self.gcm_in[0].data = j.nonce
-                self.gcm_in[1] = OSSL_PARAM_construct_octet_string(b"tag", j.rx_icv, 16)
-                if (EVP_CIPHER_CTX_set_params(o.c, self.gcm_in) != 1
-                        or EVP_CipherUpdate(o.c, NULL, &outl, j.aad, j.aad_len) != 1
-                        or EVP_CipherUpdate(o.c, j.ct, &outl, j.ct, j.ct_len) != 1
-                        or EVP_CipherFinal_ex(o.c, j.ct + j.ct_len, &outl) != 1):
-                    continue
-                j.ok = 1
+                j.ok = self._gcm(j, 0)
                 continue
             # Encrypt-then-MAC: verify first, decrypt only authentic packets.
             _hmac(j.keys, j.esp, j.auth_len, j.tag)
