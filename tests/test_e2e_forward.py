@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,20 @@ def test_forwarding_between_namespaces(net, tmp_path, alg):
         c = ctl(net.ha, ha_sock, "counters")
         assert c["totals"]["drops"]["too_big"] >= 1      # the CN learnt the tunnel MTU
 
+        # iperf3 TCP CN -> MN when installed (scripts/bootstrap installs it)
+        if shutil.which("iperf3"):
+            srv = net.mn.popen(["iperf3", "-s", "-1", "-B", T.HOA1, "-p", "5201"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            r = net.cn.run(["iperf3", "-c", T.HOA1, "-p", "5201", "-t", "2", "-J"], timeout=30,
+                           check=False)
+            srv.wait(10)
+            assert r.returncode == 0, r.stdout[-500:] + r.stderr[-500:]
+            gbps = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+            print(f"iperf3 TCP CN -> MN through {alg or 'plain'}: {gbps:.2f} Gbit/s")
+            assert gbps > 0.01
+            c = ctl(net.ha, ha_sock, "counters")
+
         # a forged ESP packet and a spoofed plain tunnel from a third namespace
         atk = net.add_attacker()
         before = c["totals"]["drops"]
@@ -174,7 +189,7 @@ def test_forwarding_between_namespaces(net, tmp_path, alg):
         atk.python(f"""
             import socket, struct
             s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 50)
-            s.sendto(struct.pack("!II", 0x1030, 999) + bytes({forged_len}), ("{T.HA_ADDRESS}", 0))
+            s.sendto(struct.pack("!II", 0x1030, 4000000000) + bytes({forged_len}), ("{T.HA_ADDRESS}", 0))
             t = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 41)
             inner = bytes([0x60,0,0,0, 0,8, 17, 64]) + socket.inet_pton(socket.AF_INET6, "{T.HOA1}") \
                 + socket.inet_pton(socket.AF_INET6, "{T.CN}") + bytes(8)
