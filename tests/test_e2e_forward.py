@@ -127,12 +127,15 @@ def net():
         yield t
 
 
-@pytest.mark.parametrize("alg", ["aes128-sha1", "aes256-sha256", "aes128gcm16", None],
-                         ids=["aes128-sha1", "aes256-sha256", "aes128gcm16", "plain"])
-def test_forwarding_between_namespaces(net, tmp_path, alg):
+@pytest.mark.parametrize("alg,workers", [("aes128-sha1", 1), ("aes256-sha256", 1),
+                                         ("aes128gcm16", 1), (None, 1), ("aes128gcm16", 2)],
+                         ids=["aes128-sha1", "aes256-sha256", "aes128gcm16", "plain",
+                              "aes128gcm16-2-workers"])
+def test_forwarding_between_namespaces(net, tmp_path, alg, workers):
     cfg = config(tmp_path, alg)
     ha_sock, mn_sock = str(tmp_path / "ha.sock"), str(tmp_path / "mn.sock")
-    ha = start(net.ha, cfg, ha_sock)
+    cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    ha = start(net.ha, cfg, ha_sock, "--workers", str(workers), "--cpu", cpus)
     mn = start(net.mn, cfg, mn_sock, "--role", "mobile-node", "--enable-forwarding")
     try:
         # ping6 both ways (the MN's HoA lives on its home TUN)
