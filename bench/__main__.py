@@ -23,7 +23,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
                "pure-Python reference and openssl speed"),
     "scale": ("bench.scale",
               "1 -> 10^6 mobile nodes: encap throughput and memory per SA"),
-    # "forward": ("bench.forward", "through the TUNs between network namespaces"),
+    "forward": ("bench.forward",
+                "the HA through its TUNs between network namespaces: CPU per packet at a "
+                "fixed rate and saturated pps, against the null forwarder"),
     # "swap": ("bench.swap", "CoA swaps under load: stale packets after BA, loss, latency"),
 }
 
