@@ -224,39 +224,37 @@ class Lab:
         self.nip("mn", "-6", "route", "add", "default", "via", R_MN, "dev", "mn0")
         for prefix in ("2001:db8:ffff::/48", HOME_PREFIX, "2001:db8:99::/64"):
             self.nip("r", "-6", "route", "add", prefix, "via", HA_WIRE, "dev", "r-ha")
+        self.policy_routes()
 
-    def null_routes(self, on: bool) -> None:
+    def policy_routes(self) -> None:
         """The null forwarders copy packets unchanged, so the CN's packets (to
         the HoA) leave the HA's fp-wire and the MN's fp-home still addressed
-        to the HoA. Policy routes give them the path of the tunnel:
+        to the HoA. Policy routes (table 100) give them the path of the tunnel:
         HA fp-wire -> router -> MN (next hop: the CoA, which the MN's forwarder
         proxies on mn0) -> MN fp-wire -> MN's null forwarder -> MN fp-home ->
-        the HoA, a local address there. Before the forwarders start."""
-        ck = on
-        verb = "add" if on else "del"
-        self.nip("ha", "-6", "rule", verb, "iif", "fp-wire", "lookup", NULL_TABLE, "pref", "100",
-                 check=ck)
-        self.nip("ha", "-6", "route", verb, "default", "via", R_HA, "dev", "ha-wire",
-                 "table", NULL_TABLE, check=ck)
-        self.nip("r", "-6", "rule", verb, "iif", "r-ha", "to", HOME_PREFIX, "lookup", NULL_TABLE,
-                 "pref", "100", check=ck)
-        self.nip("r", "-6", "route", verb, HOME_PREFIX, "via", COA, "dev", "r-mn",
-                 "table", NULL_TABLE, check=ck)
+        the HoA, a local address there. They are installed for every run, so
+        that the kernel evaluates the same rules (and leaves its no-rules fast
+        path) for the tunnelled packets as for the null-forwarded ones; they
+        route tunnelled packets exactly as the main tables do."""
+        self.nip("ha", "-6", "rule", "add", "iif", "fp-wire", "lookup", NULL_TABLE, "pref", "100")
+        self.nip("ha", "-6", "route", "add", "default", "via", R_HA, "dev", "ha-wire",
+                 "table", NULL_TABLE)
+        self.nip("r", "-6", "rule", "add", "iif", "r-ha", "to", HOME_PREFIX, "lookup", NULL_TABLE,
+                 "pref", "100")
+        self.nip("r", "-6", "route", "add", HOME_PREFIX, "via", COA, "dev", "r-mn",
+                 "table", NULL_TABLE)
         # the MN: packets from mn0 to the HoA must be routed (into fp-wire), not
         # delivered: the rule that looks up the local table moves behind ours
-        if on:
-            self.nip("mn", "-6", "rule", "add", "pref", "1000", "lookup", "local")
-            self.nip("mn", "-6", "rule", "del", "pref", "0", "lookup", "local")
-            self.nip("mn", "-6", "rule", "add", "iif", "mn0", "to", f"{HOA}/128", "lookup",
-                     NULL_TABLE, "pref", "100")
-        else:
-            self.nip("mn", "-6", "rule", "add", "pref", "0", "lookup", "local", check=False)
-            self.nip("mn", "-6", "rule", "del", "pref", "1000", "lookup", "local", check=False)
-            self.nip("mn", "-6", "rule", "del", "pref", "100", check=False)
+        self.nip("mn", "-6", "rule", "add", "pref", "1000", "lookup", "local")
+        self.nip("mn", "-6", "rule", "del", "pref", "0", "lookup", "local")
+        self.nip("mn", "-6", "rule", "add", "iif", "mn0", "to", f"{HOA}/128", "lookup",
+                 NULL_TABLE, "pref", "100")
 
-    def null_route_mn(self) -> None:
-        """Once the MN's forwarder has made its fp-wire: the HoA via fp-wire."""
-        self.nip("mn", "-6", "route", "add", f"{HOA}/128", "dev", "fp-wire", "table", NULL_TABLE)
+    def policy_route_mn(self) -> None:
+        """Once the MN's forwarder has made its fp-wire: the HoA via fp-wire
+        (gone with the TUN when the forwarder stops)."""
+        self.nip("mn", "-6", "route", "replace", f"{HOA}/128", "dev", "fp-wire",
+                 "table", NULL_TABLE)
 
     def popen(self, short: str, argv: list[str], cpus: list[int] | None, **kw) -> subprocess.Popen:
         """argv in namespace `short` (ip netns exec and taskset exec: the pid is argv's)."""
@@ -412,7 +410,8 @@ def proc_figures(pid: int) -> dict:
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        out["stat_ticks"] = int(fields[11]) + int(fields[12])     # utime + stime
+        out["utime"], out["stime"] = int(fields[11]), int(fields[12])
+        out["stat_ticks"] = out["utime"] + out["stime"]
     except (OSError, IndexError, ValueError):
         out["stat_ticks"] = None
     try:
@@ -632,6 +631,7 @@ def figures(raw: dict, size: int) -> dict:
         "cpu_us_per_pkt": cpu_ns / 1e3 / pk if pk else None,
         "cpu_us_per_pkt_stat": ticks / CLK_TCK * 1e6 / pk if pk and ticks is not None else None,
         "ha_cpu_share": cpu_ns / 1e9 / dt,
+        "ha_kernel_share": (_d(b["proc"], a["proc"], "stime") / ticks) if ticks else None,
         "worker_us_per_pkt": th[0] / 1e3 / pk if pk and th else None,
         "other_threads_us_per_pkt": sum(th[1:]) / 1e3 / pk if pk and th else None,
         "bench_cpus": ours / dt,
@@ -702,14 +702,11 @@ def measure_config(ctx: Ctx, alg: str, rnd: int, cells: list, configs: list, say
     flags = ["--batch", str(args.batch), "--crypto", args.crypto] + \
         (["--null-forwarder"] if null else [])
     ha = mn = None
-    if null:
-        lab.null_routes(True)
     try:
         ha = start_forwarder(lab, "ha", f"ha-{name}", tmp, cfg, ctx.ha_cpus, flags)
         mn = start_forwarder(lab, "mn", f"mn-{name}", tmp, cfg, ctx.other_cpus,
                              flags + ["--role", "mobile-node", "--enable-forwarding"])
-        if null:
-            lab.null_route_mn()
+        lab.policy_route_mn()
         status = ctl(ha.sock, "status")
         probe(ctx, ha, mn, alg)
         for size in args.size:
@@ -759,8 +756,6 @@ def measure_config(ctx: Ctx, alg: str, rnd: int, cells: list, configs: list, say
                 rc = fw.stop()
                 if rc not in (0, None):
                     ctx.notes.append(f"{fw.name} exited with {rc}")
-        if null:
-            lab.null_routes(False)
 
 
 def _median(xs):
@@ -772,7 +767,7 @@ def _median(xs):
 
 
 MEDIAN_KEYS = ("offered_pps", "ha_pps", "ha_gbps", "sink_pps", "loss_pct", "cpu_us_per_pkt",
-               "worker_us_per_pkt", "other_threads_us_per_pkt",
+               "worker_us_per_pkt", "other_threads_us_per_pkt", "ha_kernel_share",
                "cpu_us_per_pkt_stat", "ha_cpu_share", "syscalls_per_pkt", "pkts_per_batch",
                "polls_per_pkt", "other_load_cpus", "host_busy_cpus", "home_tun_drops")
 
