@@ -2,8 +2,7 @@
 
 Scenarios are registered here by name -> (module, one-line help). A
 scenario module provides add_arguments(parser) and run(args) -> exit
-status; it is imported only when chosen. `forward` and `swap` (SPEC §8)
-are to be added the same way.
+status; it is imported only when chosen.
 """
 from __future__ import annotations
 
@@ -26,7 +25,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "forward": ("bench.forward",
                 "the HA through its TUNs between network namespaces: CPU per packet at a "
                 "fixed rate and saturated pps, against the null forwarder"),
-    # "swap": ("bench.swap", "CoA swaps under load: stale packets after BA, loss, latency"),
+    "swap": ("bench.swap", "CoA swaps under load: BU->BA latency, BU/s, stale packets after "
+             "BA, throughput dip"),
 }
 
 
