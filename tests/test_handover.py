@@ -324,10 +324,6 @@ def test_every_move_acknowledged(handover):
     assert bindings["rebinds"] >= MOVES and bindings["grace_timeouts"] == 0, bindings
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "worker.pyx: the worker's epoch ends when run_encap() returns, before _write() puts the "
-    "batch on the wire TUN, so wait_grace() can return - and the control thread write the "
-    "Binding Ack - while packets encapsulated for the old CoA are still being written"))
 def test_no_packet_to_old_coa_after_ba(handover):
     """For every move, nothing goes to the CoA being left after that move's BA."""
     stale = handover["stale"]

@@ -70,6 +70,8 @@ cdef class Engine:
 
 
     cdef int _reserve(self, Batch b) except -1
+    cdef void epoch_enter(self) noexcept nogil
+    cdef void epoch_leave(self) noexcept nogil
     cdef void run_encap(self, Batch b) noexcept nogil
     cdef void run_decap(self, Batch b) noexcept nogil
     cdef void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil

@@ -123,17 +123,25 @@ cdef class Engine:
         return 0
 
     # -- entry points -------------------------------------------------------
-    cdef void run_encap(self, Batch b) noexcept nogil:
-        """encap() for a caller already without the GIL (the worker loop).
-        The batch must fit (reserve() it once first)."""
-        fp_epoch_bump(&self.t.epochs[self.worker].value)
-        self._encap(b)
+    cdef void epoch_enter(self) noexcept nogil:
+        """Start of a batch for the grace period: from here until epoch_leave()
+        this worker may hold endpoint records read from the SA table."""
         fp_epoch_bump(&self.t.epochs[self.worker].value)
 
+    cdef void epoch_leave(self) noexcept nogil:
+        """End of a batch: the worker holds no endpoint any more. A worker
+        calls it only once the batch's packets are written, so that no packet
+        built before a swap can reach the wire after the Binding Ack."""
+        fp_epoch_bump(&self.t.epochs[self.worker].value)
+
+    cdef void run_encap(self, Batch b) noexcept nogil:
+        """encap() for a caller without the GIL, inside its own
+        epoch_enter()/epoch_leave() (the worker loop). The batch must fit
+        (reserve() it once first)."""
+        self._encap(b)
+
     cdef void run_decap(self, Batch b) noexcept nogil:
-        fp_epoch_bump(&self.t.epochs[self.worker].value)
         self._decap(b)
-        fp_epoch_bump(&self.t.epochs[self.worker].value)
 
     def reserve(self, Batch b not None):
         """Size the per-batch work arrays for batches like b (done by encap/decap)."""

@@ -204,17 +204,25 @@ cdef class Worker:
             if nh:
                 if self.null_forwarder:
                     self._mark(self.home_batch, V_TO_WIRE)
+                    self._write(self.home_batch)
                 else:
+                    # The grace period covers the write too: a packet built
+                    # with the old CoA is on the wire before the BA can be.
+                    self.engine.epoch_enter()
                     self.engine.run_encap(self.home_batch)
-                self._write(self.home_batch)
+                    self._write(self.home_batch)
+                    self.engine.epoch_leave()
             nw = self._read(self.wire_fd, self.wire_batch, SIDE_WIRE)
             if nw:
                 if self.null_forwarder:
                     self._mark(self.wire_batch, V_TO_HOME)
+                    self._write(self.wire_batch)
                 else:
+                    self.engine.epoch_enter()
                     self.engine.run_decap(self.wire_batch)
                     self._punt(self.wire_batch)
-                self._write(self.wire_batch)
+                    self._write(self.wire_batch)
+                    self.engine.epoch_leave()
             if nh == 0 and nw == 0:
                 self.polls += 1
                 poll(fds, 3, poll_ms)
