@@ -261,6 +261,43 @@ def skip_reason() -> str | None:
 
 # --- the lab -------------------------------------------------------------------
 
+def proc_cpu() -> dict[int, tuple[str, int, int]]:
+    """{pid: (comm, ppid, utime + stime ticks)} of every process now."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        rest = raw[raw.rindex(")") + 2:].split()
+        out[int(d)] = (comm, int(rest[1]), int(rest[11]) + int(rest[12]))
+    return out
+
+
+def other_load(before: dict, after: dict, mine: set[int], seconds: float) -> dict:
+    """CPUs kept busy during the run by user processes that are not this
+    benchmark's (another benchmark or build on the machine skews every
+    figure), and by kernel threads (ksoftirqd, kworkers: partly ours)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    other, kernel, who = 0, 0, {}
+    for pid, (comm, ppid, ticks) in after.items():
+        d = ticks - before.get(pid, (comm, ppid, 0))[2]
+        if d <= 0 or pid in mine:
+            continue
+        if ppid == 2 or pid == 2:
+            kernel += d
+        else:
+            other += d
+            who[f"{comm}[{pid}]"] = round(d / hz, 2)
+    top = dict(sorted(who.items(), key=lambda kv: -kv[1])[:8])
+    return {"other_cpus": other / hz / seconds, "kernel_thread_cpus": kernel / hz / seconds,
+            "other_top_cpu_s": top}
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
@@ -333,6 +370,13 @@ class Lab:
         # B's Binding Acks end at the router, silently, once the sniffer has seen them
         for coa in COA_B:
             _ip("-n", self.ns("r"), "-6", "route", "add", "blackhole", f"{coa}/128")
+
+    def pids(self) -> set[int]:
+        """Every process in this lab's namespaces now."""
+        out = set()
+        for name in self.names:
+            out.update(int(p) for p in _ip("netns", "pids", name, check=False).stdout.split())
+        return out
 
     def close(self) -> None:
         for p in self.procs:
@@ -555,6 +599,7 @@ def _run(args, lab: Lab, tmp: Path, doc: dict) -> int:
                                  kb_auth=B_KEYS["auth"].hex(), **keys))
     cpu0 = common.cpu_times()
     t_start = time.monotonic()
+    mine = {os.getpid()}
 
     # -- 0: the BU path in-process, both kinds
     n_in = 2000 if args.quick else 5000
@@ -611,6 +656,7 @@ def _run(args, lab: Lab, tmp: Path, doc: dict) -> int:
         return ctl(ha_sock, "counters")["totals"]["verdicts"].get("to_wire", 0)
 
     phases: dict[str, tuple[float, float]] = {}      # name -> realtime (start, end)
+    procs0, tp0 = proc_cpu(), time.monotonic()
 
     # -- 1: capacity probe
     probe = None
@@ -714,6 +760,8 @@ def _run(args, lab: Lab, tmp: Path, doc: dict) -> int:
     time.sleep(0.5)
     ha_counters = ctl(ha_sock, "counters")
     mn_counters = ctl(mn_sock, "counters")
+    mine |= lab.pids() | {p.pid for p in lab.procs}
+    others = other_load(procs0, proc_cpu(), mine, time.monotonic() - tp0)
     kernel_drops = {}         # during the load phase
     for short in ("cn", "ha", "r", "mn"):
         d = {k: v - drops0[short].get(k, 0) for k, v in drop_counters(lab.ns(short)).items()}
@@ -788,6 +836,7 @@ def _run(args, lab: Lab, tmp: Path, doc: dict) -> int:
         "latencies_ms": lat_ms,
         "sink_bins": {"t0": t0, "bin_ms": args.bin_ms, "bins": bins},
     }
+    results["other_load"] = others
     doc["results"] = results
     rows = table_rows(results, args)
     print()
@@ -952,6 +1001,10 @@ def table_rows(r: dict, args) -> list[dict]:
         rows.append({"what": f"sink pps {label}",
                      "value": fmt(t[k]) + (f" (dip {d['mean_pct']:.1f} % mean, "
                                            f"{d['worst_bin_pct']:.1f} % worst bin)" if d else "")})
+    o = r["other_load"]
+    rows.append({"what": "CPUs used by other processes during the run",
+                 "value": f"{o['other_cpus']:.2f} (kernel threads {o['kernel_thread_cpus']:.2f})",
+                 "target": "< 0.15", "check": common.verdict(o["other_cpus"] < 0.15)})
     lp = r["load_phase"]
     kd = {f"{ns}/{k}": v for ns, d in r["kernel_drops"].items() for k, v in d.items()}
     rows.append({"what": "loss at the sink over the load phase (after the probe)",
@@ -962,6 +1015,11 @@ def table_rows(r: dict, args) -> list[dict]:
 
 def _notes(r: dict) -> list[str]:
     notes = []
+    o = r["other_load"]
+    if o["other_cpus"] > 0.15:
+        notes.append(f"OTHER LOAD: processes that are not this benchmark's kept {o['other_cpus']:.2f} "
+                     f"CPUs busy during the run ({o['other_top_cpu_s']}): every figure above is "
+                     "skewed by them")
     w = r["wire"]
     if w["ring_drops"]:
         notes.append(f"the sniffer's ring dropped {w['ring_drops']} frames: the stale and "
