@@ -18,6 +18,7 @@ cdef enum:
     MB_BURST = 128          # intel-ipsec-mb's largest burst
     MB_SORT = 256           # jobs grouped by SA at a time
     MB_MIN_BURST = 8        # shorter runs of one SA go through the job manager
+    MB_FEW = 4              # fewer CBC/NULL jobs than this in a call go through OpenSSL
 
 # Key material of one SA: set up once, read-only afterwards, shared by workers.
 cdef struct fp_keys:

@@ -135,6 +135,7 @@ cdef class Worker:
     cdef uint64_t rx_oversize[2]
     cdef uint64_t batches[2]
     cdef uint64_t polls
+    cdef int drained                  # bit per side: its last read found the queue empty
     cdef readonly int mtu             # wire MTU: longer outer packets leave fragmented
     cdef uint32_t frag_id
     cdef uint64_t fragmented
@@ -200,6 +201,7 @@ cdef class Worker:
         fds[1].events = POLLIN
         fds[2].events = POLLIN
         while not fp_load_u64(&self.stopping):
+            self.drained = 0
             nh = self._read(self.home_fd, self.home_batch, SIDE_HOME)
             if nh:
                 if self.null_forwarder:
@@ -223,7 +225,9 @@ cdef class Worker:
                     self._punt(self.wire_batch)
                     self._write(self.wire_batch)
                     self.engine.epoch_leave()
-            if nh == 0 and nw == 0:
+            # Both queues ran dry (a read said EAGAIN): sleep in poll() now,
+            # rather than going round again for two more empty reads.
+            if self.drained == 3:
                 self.polls += 1
                 poll(fds, 3, poll_ms)
         read(self.stop_fd, &buf, 8)
@@ -239,10 +243,14 @@ cdef class Worker:
             if r < 0:
                 if errno == EINTR:
                     continue
-                if errno != EAGAIN:
+                if errno == EAGAIN:
+                    self.drained |= 1 << side
+                else:
                     self.rx_errors[side] += 1
+                    self.drained |= 1 << side
                 break
             if r == 0:
+                self.drained |= 1 << side
                 break
             if r >= b.max_packet:           # may have been cut short: never forward it
                 self.rx_oversize[side] += 1
