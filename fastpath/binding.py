@@ -165,6 +165,7 @@ class Decision:
     care_of_address: bytes | None = None   # the binding's CoA afterwards
     moved: bool = False
     deregistered: bool = False
+    grace_pending: bool = False        # BA prepared; finish_grace() decides whether it goes
     error: ErrorReply | None = None
     reason: str = ""
 
@@ -253,6 +254,7 @@ class BindingCache:
         self.on_bind = on_bind
         self.on_unbind = on_unbind
         self.grace_timeout = grace_timeout
+        self.defer_grace = False
         self.hold = hold
         self.ha_address = cfg.home_agent.address.packed
         self.home_prefix = cfg.home_agent.home_prefix
@@ -423,7 +425,7 @@ class BindingCache:
         entry.flags = {"A": msg.ack, "H": True, "L": msg.link_local, "K": msg.key_mgmt}
         d.action = DEREGISTER
         d.care_of_address = None
-        if d.deregistered and not self.sad.wait_grace(self.grace_timeout):
+        if d.deregistered and not self._grace(d):
             return self._grace_timeout(d)
         return self._status(d, BAStatus.BINDING_UPDATE_ACCEPTED, msg.ack, "deregistered")
 
@@ -483,10 +485,38 @@ class BindingCache:
         else:
             d.action = MOVED if d.moved else REFRESHED
             self._counters["refreshes" if not d.moved else "rebinds"] += 1
-        if d.moved and not self.sad.wait_grace(self.grace_timeout):
+        if d.moved and not self._grace(d):
             return self._grace_timeout(d)
         return self._status(d, BAStatus.BINDING_UPDATE_ACCEPTED, msg.ack,
                             f"bound to {_ntop(coa)} for {4 * granted} s")
+
+    def _grace(self, d: Decision) -> bool:
+        """The grace period after a move, now or (defer_grace) for a whole
+        burst of BUs at once in finish_grace(): one wait covers every move
+        made before it, so a control loop draining N BUs waits once, not N
+        times."""
+        if self.defer_grace:
+            d.grace_pending = True
+            return True
+        return self.sad.wait_grace(self.grace_timeout)
+
+    def finish_grace(self, decisions) -> bool:
+        """With defer_grace: wait once for every pending decision; on a
+        timeout their Binding Acks are withheld (the bindings stand)."""
+        pending = [d for d in decisions if d is not None and d.grace_pending]
+        if not pending:
+            return True
+        ok = self.sad.wait_grace(self.grace_timeout)
+        for d in pending:
+            d.grace_pending = False
+            if not ok:
+                if d.ba is not None:
+                    d.ba = None
+                    self._counters["ba_released"] -= 1
+                d.action = GRACE_TIMEOUT
+                d.reason = "grace period timed out: Binding Ack withheld"
+                self._counters["grace_timeouts"] += 1
+        return ok
 
     def _grace_timeout(self, d: Decision) -> Decision:
         d.status = int(BAStatus.BINDING_UPDATE_ACCEPTED)

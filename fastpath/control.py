@@ -44,6 +44,7 @@ class ControlPlane:
             if BindingCache is not None:
                 self.bindings = BindingCache(fwd.sad, fwd.cfg, on_bind=self._on_bind,
                                              on_unbind=self._on_unbind)
+                self.bindings.defer_grace = True     # one wait per drained burst
         else:
             from fastpath.mobile import HomeRegistration
             mn = fwd.my_node()
@@ -108,11 +109,18 @@ class ControlPlane:
 
     # -- packets from the workers ------------------------------------------------
     def _drain(self, worker) -> None:
+        decisions = []
         for kind, item in worker.punts.drain(self.fwd.sad):
             if kind == "binding":
-                self._binding_update(item)
+                decisions.append(self._binding_update(item))
             else:
                 self._punt(item)
+        if self.bindings is not None and decisions:
+            # one grace period for every move of this burst, then the BAs
+            self.bindings.finish_grace(decisions)
+            for d in decisions:
+                if d is not None and d.ba is not None:
+                    self._send_ba(d)
 
     def _punt(self, pkt: bytes) -> None:
         # A Mobility Header in the clear is a Binding Update that was not
@@ -124,17 +132,16 @@ class ControlPlane:
         nh = pkt[6] if len(pkt) > 6 else -1
         self.events[f"punt.next_header_{nh}"] += 1
 
-    def _binding_update(self, vb) -> None:
+    def _binding_update(self, vb):
         if self.registration is not None:
             self._binding_ack(vb)
-            return
+            return None
         if self.bindings is None:
             self.events["binding.unprocessed"] += 1
-            return
-        decision = self.bindings.process(vb, time.monotonic())
-        ba = getattr(decision, "ba", None)
-        if ba is None:
-            return
+            return None
+        return self.bindings.process(vb, time.monotonic())
+
+    def _send_ba(self, decision) -> None:
         from fastpath.binding import build_ba_packet
         pkt = build_ba_packet(self.fwd.control_engine, decision)
         if pkt is None:

@@ -589,3 +589,48 @@ def test_callback_errors_do_not_undo_bindings(backend):
     d = h.send(h.bu(0, 1))
     assert d.status == 0 and h.coa(0) == ip(NEW)
     assert h.cache.counters()["callback_errors"] == 1
+
+
+def test_deferred_grace_waits_once_for_a_burst():
+    """defer_grace (the control loop's mode): BAs are prepared, then one
+    wait_grace() releases them all - or withholds them all on a timeout."""
+    from fastpath.binding import BindingCache
+
+    class CountingSAD:
+        def __init__(self, sad, ok):
+            self._sad, self.ok, self.waits = sad, ok, 0
+
+        def wait_grace(self, timeout):
+            self.waits += 1
+            return self.ok
+
+        def __getattr__(self, name):
+            return getattr(self._sad, name)
+
+    cfg = load(REPO_EXAMPLES / "ha.toml")
+    for ok in (True, False):
+        sad = sad_from_config(cfg, "openssl")
+        counting = CountingSAD(sad, ok)
+        cache = BindingCache(counting, cfg)
+        cache.defer_grace = True
+        engine = Engine(sad, "openssl")
+        mn = cfg.mobile_nodes[0]
+        hoa, ha = mn.home_address.packed, cfg.home_agent.address.packed
+        bsa = mn.sa("binding", "in")
+        from fastpath.ref.esp import RefSA
+        from fastpath.ref.ipv6 import hao_destopt, ipv6_header
+        ref = RefSA(bsa.spi, bsa.algorithm, bsa.enc_key, bsa.auth_key, bsa.salt, bsa.esn, 0)
+        decisions = []
+        for k, last in enumerate((0x41, 0x42, 0x43)):
+            coa = bytes.fromhex("20010db800050000000000000000") + bytes([0, last])
+            body = mh.build(mh.BindingUpdate(sequence=k + 1, lifetime=10, ack=True, home=True), hoa, ha)
+            esp = hao_destopt(hoa, 50) + ref.seal(k + 1, body, 135, bytes(16))
+            b = Batch(1)
+            b.load([ipv6_header(coa, ha, 60, len(esp)) + esp])
+            engine.decap(b)
+            [(slot, vb)] = engine.take_bindings()
+            decisions.append(cache.process(vb, 1.0))
+        assert counting.waits == 0 and all(d.grace_pending for d in decisions)
+        assert cache.finish_grace(decisions) is ok and counting.waits == 1
+        assert all((d.ba is not None) == ok for d in decisions)
+        assert cache.counters()["grace_timeouts"] == (0 if ok else 3)
