@@ -35,7 +35,7 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int EFD_CLOEXEC
 
 cdef enum:
-    RING_SLOTS = 256
+    RING_SLOTS = 1024       # a burst of BUs waits here while the control loop catches up
     PUNT_DATA = 2048
     KIND_PUNT = 1          # a wire-side packet the engine does not handle, unchanged
     KIND_BINDING = 2       # an authenticated Mobility Header from a binding SA
