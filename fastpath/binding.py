@@ -218,27 +218,8 @@ def _coa_problem(coa: bytes) -> str | None:
 
 
 def _checksum_addresses(vb) -> tuple[bytes, bytes]:
-    """(source, final destination) of the Mobility Header's pseudo-header
-    (RFC 6275 §6.1.1): the Home Address option's address, else the IPv6
-    source; a type 2 Routing Header's address, else the IPv6 destination."""
-    packet = bytes(vb.packet)
-    src, dst = packet[8:24], packet[24:40]
-    nh, off = packet[6], 40
-    while off < vb.mh_offset and nh in (0, 43, 60):
-        size = (packet[off + 1] + 1) * 8
-        if nh == 43 and packet[off + 2] == 2 and size >= 24:
-            dst = packet[off + 8:off + 24]
-        elif nh == 60:
-            i = off + 2
-            while i + 1 < off + size:
-                if packet[i] == 0:
-                    i += 1
-                    continue
-                if packet[i] == 201 and packet[i + 1] == 16:
-                    src = packet[i + 2:i + 18]
-                i += 2 + packet[i + 1]
-        nh, off = packet[off], off + size
-    return src, dst
+    """(source, final destination) of the Mobility Header's pseudo-header."""
+    return mh.pseudo_header_addresses(vb.packet, vb.mh_offset)
 
 
 class BindingCache:
@@ -356,7 +337,7 @@ class BindingCache:
 
         # RFC 6275 §9.2: a Mobility Header we cannot process
         try:
-            msg = mh.parse(vb.mobility_header, *_checksum_addresses(vb))
+            msg = vb.message()          # parsed once, shared with SADatabase.move
         except mh.MHError as e:
             self._counters["malformed"] += 1
             self._malformed[e.action] += 1

@@ -612,3 +612,28 @@ def parse(data: bytes, src: bytes, dst: bytes, verify_checksum: bool = True,
             f"Header Len {mh[1]} too short for MH type {mh_type}", 1)
     msg = _PARSERS.get(mh_type, _parse_raw)(mh)
     return msg if keep_padding else _without_padding(msg)
+
+
+def pseudo_header_addresses(packet: bytes, mh_offset: int) -> tuple[bytes, bytes]:
+    """(source, final destination) for the checksum of the Mobility Header at
+    `mh_offset` of an IPv6 packet (RFC 6275 §6.1.1): the Home Address
+    option's address, else the IPv6 source; a Type 2 Routing Header's
+    address, else the IPv6 destination."""
+    packet = bytes(packet)
+    src, dst = packet[8:24], packet[24:40]
+    nh, off = packet[6], 40
+    while off < mh_offset and nh in (0, 43, 60):
+        size = (packet[off + 1] + 1) * 8
+        if nh == 43 and packet[off + 2] == 2 and size >= 24:
+            dst = packet[off + 8:off + 24]
+        elif nh == 60:
+            i = off + 2
+            while i + 1 < off + size:
+                if packet[i] == 0:
+                    i += 1
+                    continue
+                if packet[i] == 201 and packet[i + 1] == 16:
+                    src = packet[i + 2:i + 18]
+                i += 2 + packet[i + 1]
+        nh, off = packet[off], off + size
+    return src, dst

@@ -148,6 +148,7 @@ cdef class VerifiedBinding:
     cdef int32_t mn
     cdef bint used
     cdef object issuer                  # the SADatabase whose SA verified it
+    cdef object _message                # the parsed Mobility Header, once parsed
 
 
 cdef VerifiedBinding issue_binding(object issuer, int32_t mn, const fp_sa *sa, uint64_t seq,

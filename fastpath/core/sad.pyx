@@ -57,6 +57,16 @@ cdef class VerifiedBinding:
     def mobility_header(self):
         return self.packet[self.mh_offset:]
 
+    def message(self):
+        """The Mobility Header, parsed (and its checksum verified) once: the
+        binding cache and move() read the same object, which Python code
+        cannot replace. Raises fastpath.mh.MHError when malformed."""
+        if self._message is None:
+            from fastpath import mh
+            self._message = mh.parse(self.mobility_header,
+                                     *mh.pseudo_header_addresses(self.packet, self.mh_offset))
+        return self._message
+
     def __repr__(self):
         import ipaddress
         return (f"<VerifiedBinding hoa={ipaddress.IPv6Address(self.home_address)} "
@@ -481,7 +491,7 @@ def _fmt(b):
 def _named_coa(VerifiedBinding b):
     """The CoA a verified BU names: its Alternate CoA option, else the source."""
     from fastpath import mh
-    msg = mh.parse(b.mobility_header, b.home_address, b.packet[24:40])
+    msg = b.message()
     if not isinstance(msg, mh.BindingUpdate):
         raise ValueError(f"only a Binding Update moves a binding, not {type(msg).__name__}")
     alt = mh.alternate_coa(msg)
