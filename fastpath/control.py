@@ -35,6 +35,7 @@ class ControlPlane:
         self.stop_event: asyncio.Event | None = None
         self.bindings = None
         self.registration = None          # mobile-node role: our home registration
+        self._extending = False
         fwd.control = self
         if fwd.opts.role == "home-agent":
             try:
@@ -212,8 +213,23 @@ class ControlPlane:
 
     # -- timers --------------------------------------------------------------------
     def _extend_sequences(self) -> None:
-        if self.fwd.seqstore is not None and self.fwd.seqstore.extend():
-            self.events["sequence.reservations"] += 1
+        # The reservation is fsync'd before the workers may use it; an fsync
+        # takes milliseconds, so it runs off the loop (Binding Updates must not
+        # wait behind it). One at a time: the store is not shared otherwise.
+        if self.fwd.seqstore is None or self._extending:
+            return
+        self._extending = True
+        fut = asyncio.get_running_loop().run_in_executor(None, self.fwd.seqstore.extend)
+        fut.add_done_callback(self._extended)
+
+    def _extended(self, fut) -> None:
+        self._extending = False
+        try:
+            if fut.result():
+                self.events["sequence.reservations"] += 1
+        except Exception:
+            log.exception("sequence reservation failed")
+            self.events["sequence.reservation_errors"] += 1
 
     def _expire(self) -> None:
         for hoa in self.bindings.expire_due(time.monotonic()):
