@@ -76,6 +76,7 @@ cdef class Engine:
     cdef void run_decap(self, Batch b) noexcept nogil
     cdef void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil
     cdef bint _slot_ok(self, Batch b, int i) noexcept nogil
+    cdef uint8_t *_packet(self, Batch b, int i) noexcept nogil
     cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil
     cdef const uint8_t *_iv_scratch(self) noexcept nogil
     cdef bint _ptb_token(self) noexcept nogil

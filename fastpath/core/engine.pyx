@@ -201,6 +201,17 @@ cdef class Engine:
         cdef int64_t n = b.c_len[i]
         return off >= HEADROOM and n >= 0 and off + n <= b.slot_size - TAILROOM
 
+    cdef uint8_t *_packet(self, Batch b, int i) noexcept nogil:
+        """Slot i's packet if it is a whole IPv6 packet inside its slot, else
+        NULL with the slot dropped as malformed."""
+        cdef uint8_t *p
+        if self._slot_ok(b, i):
+            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
+            if ipv6_ok(p, b.c_len[i]):
+                return p
+        self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+        return NULL
+
     cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
         """A CBC IV: unpredictable, drawn from a bulk RAND_bytes buffer."""
         if self.fixed_ivs:
@@ -353,14 +364,10 @@ cdef class Engine:
         cdef fp_seq_run runs[SEQ_RUNS]
         # 1. classify
         for i in range(b.count):
-            if not self._slot_ok(b, i):
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+            p = self._packet(b, i)
+            if p == NULL:
                 continue
-            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
             n = b.c_len[i]
-            if not ipv6_ok(p, n):
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                continue
             # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
             m = sad_find_mn(self.t, p + (24 if self.t.role == ROLE_HA else 8))
             if m < 0:
@@ -511,14 +518,10 @@ cdef class Engine:
         cdef int32_t cur
         self.n_bindings = 0
         for i in range(b.count):
-            if not self._slot_ok(b, i):
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+            p = self._packet(b, i)
+            if p == NULL:
                 continue
-            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
             n = b.c_len[i]
-            if not ipv6_ok(p, n):
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                continue
             # Walk the extension chain: hop-by-hop, routing, destination options.
             nh = p[6]
             nh_pos = 6

@@ -271,7 +271,7 @@ cdef class CryptoWorker:
         return True
 
     cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil:
-        cdef int i, outl
+        cdef int i
         cdef fp_job *j
         cdef fp_ossl *o
         for i in range(n):
@@ -289,7 +289,7 @@ cdef class CryptoWorker:
             j.ok = 1
 
     cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil:
-        cdef int i, outl
+        cdef int i
         cdef fp_job *j
         cdef fp_ossl *o
         for i in range(n):
