@@ -53,7 +53,7 @@ compile_args = ["-O2", "-Wno-deprecated-declarations", "-Wno-unused-function"]
 if os.environ.get("FASTPATH_NATIVE") == "1":
     compile_args.append("-march=native")
 
-modules = ["batch", "esp", "sad", "engine", "worker"]
+modules = ["batch", "esp", "sad", "engine", "offload", "worker"]
 extensions = [
     Extension(f"fastpath.core.{m}", [f"fastpath/core/{m}.pyx"],
               include_dirs=inc_dirs, library_dirs=lib_dirs, libraries=lib_names,

@@ -19,6 +19,7 @@ import textwrap
 from typing import Sequence
 
 from fastpath.config import SUMMARY_HEADER, Config, ConfigError, load
+from fastpath.netlink import QUEUE_LEN
 from fastpath.pcap import PcapError
 
 __all__ = ["main", "build_parser", "esp_sa_records", "esp_sa_lines",
@@ -188,7 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        home_if=args.home_if, wire_if=args.wire_if, cpus=parse_cpus(args.cpu),
                        crypto=args.crypto, role=args.role, home_address=args.home_address,
                        enable_forwarding=args.enable_forwarding,
-                       null_forwarder=args.null_forwarder)
+                       null_forwarder=args.null_forwarder, offload=args.offload,
+                       queue_len=args.queue_len or QUEUE_LEN)
         fwd = Forwarder(cfg, opts)
         fwd.start()
     except (ValueError, OSError, RuntimeError, PermissionError) as e:
@@ -436,6 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--enable-forwarding", action="store_true",
                     help="turn on net.ipv6.conf.all.forwarding if it is off (otherwise "
                          "fastpath refuses to start: decapsulated packets could not be routed)")
+    sp.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
+                    help="home TUN with IFF_VNET_HDR: the kernel hands over TCP as 64 KiB "
+                         "super-packets that the workers segment before encapsulation, and "
+                         "decapsulated TCP segments of one flow are merged into one write "
+                         "(GRO): far fewer syscalls per packet (default: on)")
+    sp.add_argument("--queue-len", type=_positive_int, default=None, metavar="N",
+                    help="packets the kernel queues at each TUN for the workers (txqueuelen; "
+                         f"default: {QUEUE_LEN}). Bursts beyond it are dropped by the kernel "
+                         "(tx_dropped of the link)")
     sp.add_argument("--null-forwarder", action="store_true", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_run)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fastpath.core.engine import Engine
 from fastpath.core.worker import Worker
+from fastpath.netlink import QUEUE_LEN
 from fastpath.seqstore import SequenceStore
 from fastpath.tables import resolve_backend, sad_from_config
 
@@ -63,6 +64,8 @@ class Options:
     home_address: str | None = None     # mobile-node role: which MN of the config we are
     enable_forwarding: bool = False
     null_forwarder: bool = False        # benchmark: same loop, no transform
+    offload: bool = True                # IFF_VNET_HDR + TSO/GRO on the home TUN
+    queue_len: int = QUEUE_LEN          # txqueuelen of both TUNs
     poll_ms: int = 200
     netns: str | None = None
 
@@ -98,13 +101,15 @@ class Forwarder:
             state = state / f"mn-{self._my_nodes()[0].home_address}"
         self.seqstore = _seqstore_for(state, self.sad, outs, opts.role)
         mq = opts.workers > 1
-        home = tun_queues(self.home_if, opts.workers, multi_queue=mq)
+        home = tun_queues(self.home_if, opts.workers, multi_queue=mq, vnet_hdr=opts.offload)
+        if opts.offload:
+            _enable_tso(home)
         wire = tun_queues(self.wire_if, opts.workers, multi_queue=mq)
         self.fds = home + wire
         self.wire_fd = wire[0]
         self.host = HostSetup(cfg, home_if=self.home_if, wire_if=self.wire_if,
                               enable_forwarding=opts.enable_forwarding, role=opts.role,
-                              home_address=opts.home_address)
+                              home_address=opts.home_address, queue_len=opts.queue_len)
         self.host.cleanup_leftovers()
         self.host.setup()
         for mn in self.sad.mobile_nodes():
@@ -114,7 +119,7 @@ class Forwarder:
         for i in range(opts.workers):
             eng = Engine(self.sad, self.backend, max_batch=opts.batch)
             w = Worker(eng, home[i], wire[i], opts.batch, max(2048, cfg.home_agent.mtu + 64),
-                       opts.null_forwarder, min(cfg.home_agent.mtu, 9000))
+                       opts.null_forwarder, min(cfg.home_agent.mtu, 9000), opts.offload)
             self.engines.append(eng)
             self.workers.append(w)
         for i, w in enumerate(self.workers):
@@ -123,8 +128,9 @@ class Forwarder:
                                  daemon=True)
             self.threads.append(t)
             t.start()
-        log.info("forwarding: role %s, %d worker(s), batch %d, crypto %s, %s <-> %s",
-                 opts.role, opts.workers, opts.batch, self.backend, self.home_if, self.wire_if)
+        log.info("forwarding: role %s, %d worker(s), batch %d, crypto %s, %s <-> %s, "
+                 "home-side offload (TSO/GRO) %s", opts.role, opts.workers, opts.batch,
+                 self.backend, self.home_if, self.wire_if, "on" if opts.offload else "off")
 
     def my_node(self):
         """Mobile-node role: this node's config entry."""
@@ -165,6 +171,14 @@ class Forwarder:
     def counters(self) -> dict:
         from fastpath.metrics import collect
         return collect(self)
+
+
+def _enable_tso(fds: list[int]) -> None:
+    """Let the kernel hand the home TUN unsegmented TCP/IPv6 (and leave
+    checksums to us): the worker cuts the segments itself, tens per read()."""
+    from fastpath.tun import TUN_F_CSUM, TUN_F_TSO6, set_offload
+    for fd in fds:
+        set_offload(fd, TUN_F_CSUM | TUN_F_TSO6)
 
 
 def _seqstore_for(state: Path, sad, outs, role: str) -> SequenceStore:

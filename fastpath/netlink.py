@@ -5,7 +5,9 @@ change, and undoes exactly those changes on :meth:`HostSetup.close`:
 
 home-agent role (the default)
     * both TUN links up, with their MTU: ``[home_agent] mtu`` on the wire TUN,
-      the same on the home TUN unless ``home_mtu`` overrides it;
+      the same on the home TUN unless ``home_mtu`` overrides it; and a queue
+      of ``queue_len`` packets (txqueuelen: what the kernel holds for the
+      worker to read; TUN's default of 500 overflows under bursts of TCP);
     * ``HA/128 dev <wire TUN>``: every packet to the HA address is read from
       the wire TUN;
     * :meth:`~HostSetup.bind` / :meth:`~HostSetup.unbind` a home address:
@@ -203,12 +205,15 @@ class _NetlinkThread:
                 self.thread.join(timeout=10)
 
 
+QUEUE_LEN = 4096     # packets queued at a TUN for its worker (txqueuelen)
+
+
 class HostSetup:
     """Routes, proxy NDP, link state and sysctls for one fastpath process.
 
     ``HostSetup(cfg, *, home_if=None, wire_if=None, home_link=None,
     home_mtu=None, enable_forwarding=False, role="home-agent",
-    home_address=None, coa_link=None, netns=None)``
+    home_address=None, coa_link=None, netns=None, queue_len=QUEUE_LEN)``
 
     Names default to the config (``[interfaces] home``, ``wire``,
     ``home_link``); ``home_mtu`` overrides the home TUN's MTU (default
@@ -225,7 +230,7 @@ class HostSetup:
                  home_link: str | None = None, home_mtu: int | None = None,
                  enable_forwarding: bool = False, role: str = "home-agent",
                  home_address: Any = None, coa_link: str | None = None,
-                 netns: str | None = None):
+                 netns: str | None = None, queue_len: int = QUEUE_LEN):
         if role not in ("home-agent", "mobile-node"):
             raise ValueError(f"role must be 'home-agent' or 'mobile-node', got {role!r}")
         self.cfg = cfg
@@ -236,6 +241,7 @@ class HostSetup:
         self.wire_mtu = cfg.home_agent.mtu
         self.home_mtu = home_mtu if home_mtu is not None else cfg.home_agent.mtu
         self.enable_forwarding = enable_forwarding
+        self.queue_len = queue_len
         self.coa_link = coa_link
         self.netns = netns
         self.ha_address: IPv6Address = cfg.home_agent.address
@@ -347,10 +353,10 @@ class HostSetup:
         except OSError as e:
             log.debug("addr_gen_mode on %s: %s", ifname, e)
         try:
-            self._ipr.link("set", index=idx, mtu=mtu, state="up")
+            self._ipr.link("set", index=idx, mtu=mtu, txqlen=self.queue_len, state="up")
         except Exception as e:
             raise HostSetupError(f"cannot set {ifname} up with MTU {mtu}: {e}") from None
-        log.info("link %s up, mtu %d", ifname, mtu)
+        log.info("link %s up, mtu %d, queue %d packets", ifname, mtu, self.queue_len)
 
     # -- routes -----------------------------------------------------------------------
     def _route_add(self, dst: IPv6Address, idx: int, ifname: str,

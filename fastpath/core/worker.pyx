@@ -9,7 +9,7 @@ ring with an eventfd to wake the control thread; a full ring drops and
 counts, it never blocks the worker.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 from libc.errno cimport errno, EAGAIN, EINTR
 from posix.unistd cimport read, write, close
@@ -20,6 +20,9 @@ from fastpath.core.engine cimport (Engine, fp_binding_rec, V_TO_WIRE, V_TO_HOME,
                                    BINDING_MAX)
 from fastpath.core.sad cimport SADatabase, issue_binding
 from fastpath.core.includes.atomic cimport fp_load_u64, fp_store_u64
+from fastpath.core.offload cimport (fp_tso, fp_gro, iovec, tso_begin, tso_next, gro_candidate,
+                                    gro_start, gro_extends, gro_finish, vnet_plain,
+                                    VNET_HDR_LEN, GSO_BUF, TSO_PLAIN, TSO_SPLIT, TSO_BAD)
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -28,6 +31,9 @@ cdef extern from "<poll.h>" nogil:
         short revents
     int poll(pollfd *fds, unsigned long nfds, int timeout)
     short POLLIN
+
+cdef extern from "<sys/uio.h>" nogil:
+    long writev(int fd, const iovec *iov, int iovcnt)
 
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
@@ -140,11 +146,27 @@ cdef class Worker:
     cdef uint32_t frag_id
     cdef uint64_t fragmented
     cdef uint8_t frag_buf[FRAG_BUF]
+    # IFF_VNET_HDR on the home TUN: TSO super-packets split on read, TCP
+    # segments merged (GRO) on write; see offload.pyx
+    cdef readonly bint home_vnet
+    cdef fp_tso tso
+    cdef bint tso_pending             # tso holds segments not yet in a batch
+    cdef fp_gro gro
+    cdef bint gro_open
+    cdef uint64_t gso_packets
+    cdef uint64_t gso_segments
+    cdef uint64_t gro_packets
+    cdef uint64_t gro_segments
+    cdef uint64_t offload_errors
 
     def __cinit__(self, Engine engine, int home_fd, int wire_fd, int batch=64,
-                  int max_packet=2048, bint null_forwarder=False, int mtu=65535):
+                  int max_packet=2048, bint null_forwarder=False, int mtu=65535,
+                  bint home_vnet=False):
         """null_forwarder: the same loop with no transform (home -> wire and
-        wire -> home unchanged): the TUN I/O ceiling, for benchmarks."""
+        wire -> home unchanged): the TUN I/O ceiling, for benchmarks.
+        home_vnet: home_fd was opened with IFF_VNET_HDR (and TUNSETOFFLOAD
+        TUN_F_CSUM | TUN_F_TSO6): every read and write there carries a
+        virtio_net_hdr, reads may be TCP super-packets, writes merge TCP."""
         self.engine = engine
         self.home_fd = home_fd
         self.wire_fd = wire_fd
@@ -161,10 +183,16 @@ cdef class Worker:
             raise ValueError("the wire MTU is at least 1280 (RFC 8200)")
         self.mtu = mtu
         self.frag_id = <uint32_t>int.from_bytes(__import__("os").urandom(4), "big")
+        self.home_vnet = home_vnet
+        if home_vnet:
+            self.tso.buf = <uint8_t *>malloc(GSO_BUF)
+            if self.tso.buf == NULL:
+                raise MemoryError()
 
     def __dealloc__(self):
         if self.stop_fd >= 0:
             close(self.stop_fd)
+        free(self.tso.buf)
 
     def run(self, int poll_ms=200):
         """Forward until stop(). Call from the worker's own thread."""
@@ -188,6 +216,11 @@ cdef class Worker:
             "polls": self.polls,
             "fragmented": self.fragmented,
             "punt_overflow": self.punts.overflow,
+            "gso_packets": self.gso_packets,
+            "gso_segments": self.gso_segments,
+            "gro_packets": self.gro_packets,
+            "gro_segments": self.gro_segments,
+            "offload_errors": self.offload_errors,
         }
 
     cdef void _loop(self, int poll_ms) noexcept nogil:
@@ -235,6 +268,8 @@ cdef class Worker:
     cdef int _read(self, int fd, Batch b, int side) noexcept nogil:
         """Read up to a batch of packets (one read() each: TUN's unit)."""
         cdef int i = 0
+        if side == SIDE_HOME and self.home_vnet:
+            return self._read_vnet(fd, b)
         cdef long r
         cdef uint8_t *slot
         while i < b.capacity:
@@ -267,32 +302,118 @@ cdef class Worker:
             self.batches[side] += 1
         return i
 
+    cdef inline void _slot_ready(self, Batch b, int i, int32_t n) noexcept nogil:
+        b.c_off[i] = HEADROOM
+        b.c_len[i] = n
+        b.c_verdict[i] = 0
+        b.c_reason[i] = 0
+        b.c_sa[i] = -1
+
+    cdef int _read_vnet(self, int fd, Batch b) noexcept nogil:
+        """_read() for a home TUN with IFF_VNET_HDR: each read() may bring a
+        TCP super-packet, cut into as many slots as it has segments; one cut
+        short by a full batch carries on in the next batch."""
+        cdef int i = 0, kind
+        cdef long r
+        cdef int32_t n
+        cdef uint8_t *slot
+        while i < b.capacity:
+            slot = b.c_data + <Py_ssize_t>i * b.slot_size + HEADROOM
+            if self.tso_pending:
+                n = tso_next(&self.tso, slot)
+                if n:
+                    self._slot_ready(b, i, n)
+                    self.gso_segments += 1
+                    i += 1
+                    continue
+                self.tso_pending = False
+            r = read(fd, self.tso.buf, GSO_BUF)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno != EAGAIN:
+                    self.rx_errors[SIDE_HOME] += 1
+                self.drained |= 1 << SIDE_HOME
+                break
+            if r == 0:
+                self.drained |= 1 << SIDE_HOME
+                break
+            kind = tso_begin(&self.tso, <int32_t>r, b.max_packet - 1)
+            if kind == TSO_SPLIT:
+                self.tso_pending = True
+                self.gso_packets += 1
+            elif kind == TSO_PLAIN:
+                if self.tso.len >= b.max_packet:
+                    self.rx_oversize[SIDE_HOME] += 1
+                    continue
+                memcpy(slot, self.tso.buf + VNET_HDR_LEN, self.tso.len)
+                self._slot_ready(b, i, self.tso.len)
+                i += 1
+            else:
+                self.offload_errors += 1
+        b.count = i
+        self.rx[SIDE_HOME] += i
+        if i:
+            self.batches[SIDE_HOME] += 1
+        return i
+
     cdef void _mark(self, Batch b, uint8_t verdict) noexcept nogil:
         cdef int i
         for i in range(b.count):
             b.c_verdict[i] = verdict
 
     cdef void _write(self, Batch b) noexcept nogil:
-        cdef int i, fd, side
+        cdef int i, tl
         cdef long w
+        cdef uint8_t *p
+        cdef int32_t n
         for i in range(b.count):
+            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
+            n = b.c_len[i]
             if b.c_verdict[i] == V_TO_WIRE:
-                fd = self.wire_fd
-                side = SIDE_WIRE
+                if n > self.mtu:
+                    w = self._write_fragments(self.wire_fd, p, n)
+                else:
+                    w = write(self.wire_fd, p, n)
+                self._count_tx(SIDE_WIRE, w, 1)
             elif b.c_verdict[i] == V_TO_HOME:
-                fd = self.home_fd
-                side = SIDE_HOME
-            else:
-                continue
-            if side == SIDE_WIRE and b.c_len[i] > self.mtu:
-                w = self._write_fragments(fd, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i],
-                                          b.c_len[i])
-            else:
-                w = write(fd, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i], b.c_len[i])
-            if w < 0:
-                self.tx_errors[side] += 1
-            else:
-                self.tx[side] += 1
+                if not self.home_vnet:
+                    self._count_tx(SIDE_HOME, write(self.home_fd, p, n), 1)
+                    continue
+                if b.c_off[i] < VNET_HDR_LEN:        # no room for the header (never: headroom)
+                    self.tx_errors[SIDE_HOME] += 1
+                    continue
+                # a TCP segment that continues the open run joins it; anything
+                # else writes the run out first (order on the TUN is kept)
+                tl = gro_candidate(p, n)
+                if self.gro_open and tl and gro_extends(&self.gro, p, n, tl):
+                    continue
+                self._gro_flush()
+                if tl:
+                    gro_start(&self.gro, p, n, tl)
+                    self.gro_open = True
+                else:
+                    vnet_plain(p - VNET_HDR_LEN)
+                    self._count_tx(SIDE_HOME, write(self.home_fd, p - VNET_HDR_LEN, n + VNET_HDR_LEN), 1)
+        self._gro_flush()
+
+    cdef void _gro_flush(self) noexcept nogil:
+        """Write the open run of merged TCP segments (one writev)."""
+        cdef int k
+        if not self.gro_open:
+            return
+        self.gro_open = False
+        k = gro_finish(&self.gro)
+        if k > 1:
+            self.gro_packets += 1
+            self.gro_segments += k
+        self._count_tx(SIDE_HOME, writev(self.home_fd, self.gro.iov, k), k)
+
+    cdef inline void _count_tx(self, int side, long w, int packets) noexcept nogil:
+        if w < 0:
+            self.tx_errors[side] += packets
+        else:
+            self.tx[side] += packets
 
     cdef long _write_fragments(self, int fd, const uint8_t *p, int32_t n) noexcept nogil:
         """An outer packet longer than the wire MTU (only ever one that carries
