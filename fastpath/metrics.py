@@ -83,6 +83,15 @@ def prometheus(snapshot: dict) -> str:
             lines.append(_line(name, n, side=side))
     family("fastpath_punt_overflow_total", "counter", "Packets for the control plane dropped: ring full.")
     lines.append(_line("fastpath_punt_overflow_total", io.get("punt_overflow", 0)))
+    for key, help_ in (("fragmented", "Outer packets sent as IPv6 fragments."),
+                       ("gso_packets", "TSO super-packets read from the home TUN."),
+                       ("gso_segments", "Segments cut from TSO super-packets."),
+                       ("gro_packets", "Merged TCP writes to the home TUN."),
+                       ("gro_segments", "Segments carried by merged TCP writes."),
+                       ("offload_errors", "Home TUN reads with an offload request we refuse "
+                                          "(dropped).")):
+        family(f"fastpath_{key}_total", "counter", help_)
+        lines.append(_line(f"fastpath_{key}_total", io.get(key, 0)))
     control = snapshot.get("control", {})
     family("fastpath_control_total", "counter", "Control-plane events (BUs by status, CoA swaps, ...).")
     for k, n in sorted(_flatten(control).items()):

@@ -256,6 +256,7 @@ def test_control_socket_and_metrics(net, tmp_path):
         assert "# TYPE fastpath_drops_total counter" in text
         assert 'fastpath_drops_total{reason="icv"} 0' in text
         assert 'fastpath_sa_packets_total{spi="0x00001040",direction="out"' in text
+        assert "fastpath_gso_segments_total 0" in text and "fastpath_offload_errors_total 0" in text
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 name, value = line.rsplit(" ", 1)
