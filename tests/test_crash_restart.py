@@ -55,9 +55,13 @@ def test_no_sequence_number_twice_across_20_kills(tmp_path):
     for life in range(20):
         p = subprocess.Popen([sys.executable, "-c", CHILD, str(REPO_EXAMPLES / "ha.toml"),
                               str(tmp_path / "state")], stdout=subprocess.PIPE, env=env)
-        time.sleep(0.3 + 0.05 * (life % 5))          # under load, killed at varying points
+        # once it is sending (start-up takes longer on a loaded machine), let it
+        # run under load and kill it at varying points
+        first = p.stdout.readline()
+        time.sleep(0.1 + 0.05 * (life % 5))
         p.send_signal(signal.SIGKILL)
         out, _ = p.communicate()
+        out = first + out
         lines = out.decode().splitlines()
         if lines and not lines[-1].endswith(tuple("0123456789")):
             lines = lines[:-1]                          # a line cut by the kill
