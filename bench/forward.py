@@ -519,6 +519,7 @@ class Lines:
         self.proc = proc
         self.fd = proc.stdout.fileno()
         self.buf = b""
+        self.pending: list[dict] = []       # JSON lines read while looking for another key
 
     def readline(self, timeout: float) -> str | None:
         end = time.monotonic() + timeout
@@ -537,7 +538,13 @@ class Lines:
         return line.decode()
 
     def json_line(self, timeout: float, key: str) -> dict | None:
-        """The next JSON line that has `key` (skips late snapshots)."""
+        """The next JSON line that has `key`. Lines without it are kept for a
+        later call: a snapshot asked for just as the child finished must not
+        swallow its closing totals (late snapshots are skipped)."""
+        for i, d in enumerate(self.pending):
+            if key in d:
+                del self.pending[:i + 1]
+                return d
         end = time.monotonic() + timeout
         while True:
             line = self.readline(max(0.0, end - time.monotonic()))
@@ -545,13 +552,16 @@ class Lines:
                 return None
             with contextlib.suppress(ValueError):
                 d = json.loads(line)
-                if isinstance(d, dict) and key in d:
-                    return d
+                if isinstance(d, dict):
+                    if key in d:
+                        return d
+                    self.pending.append(d)
 
     def snapshot(self, timeout: float = 2.0) -> dict | None:
         """SIGUSR1 -> {"t": ..., counters}; only after the child said "ready"
-        (before its handler is in place SIGUSR1 would kill it)."""
-        if self.proc.poll() is not None:
+        (before its handler is in place SIGUSR1 would kill it). None when it
+        has finished (its totals stay for json_line)."""
+        if self.proc.poll() is not None or any("t" not in d for d in self.pending):
             return None
         self.proc.send_signal(signal.SIGUSR1)
         return self.json_line(timeout, "t")
@@ -633,7 +643,7 @@ def run_traffic(ctx: Ctx, ha: Forwarder, mn: Forwarder, size: int, rate: int, wa
     try:
         if sink.readline(5) != "ready":
             raise BenchFailed("the sink did not start")
-        total = warm + seconds + 0.05
+        total = warm + seconds + 0.25       # still sending at the second snapshot
         genp = ctx.lab.popen("cn", [str(ctx.gen_bin), HOA, str(PORT), str(payload), str(rate),
                                     f"{total:.3f}", bat], ctx.other_cpus, stdout=subprocess.PIPE)
         gen = Lines(genp)
@@ -920,7 +930,7 @@ def offload_supported() -> bool:
                            text=True, env=env, cwd=REPO, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return False
-    return re.search(r"(?<![\w-])--offload\b", r.stdout) is not None
+    return re.search(r"(?<![\w-])--offload(?![\w-])", r.stdout) is not None
 
 
 def offload_settings(choice: str, supported: bool) -> list[str]:
@@ -1226,6 +1236,7 @@ def run(args) -> int:
         say("note: " + n)
     tmp = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-{os.getpid()}-"))
     lab = Lab()
+    doc["namespaces"] = f"{lab.prefix}-{{cn,ha,r,mn}}"
     cells: list = []
     configs: list = []
     ctx = None
