@@ -147,7 +147,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also wireguard-go and strongSwan's userspace ESP (charon + "
                         "kernel-libipsec), when installed: fixed-rate CPU per packet (both ends) "
                         "and tcp, in the same topology")
-    p.add_argument("--quick", action="store_true", help="short run (~1 min)")
+    p.add_argument("--quick", action="store_true",
+                   help="short run (~1.3 min per offload setting)")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary directory (configs, logs, binaries)")
     p.add_argument("--json", metavar="FILE", help="result file (default bench/results/forward-*.json)")
