@@ -764,9 +764,11 @@ def _base(a: dict, b: dict, pk: int | None) -> dict:
     mn_ns = b["mn_proc"]["sched_ns"] - a["mn_proc"]["sched_ns"]
     ticks = (None if b["proc"]["stat_ticks"] is None or a["proc"]["stat_ticks"] is None
              else b["proc"]["stat_ticks"] - a["proc"]["stat_ticks"])
-    rw = None
+    rw = reads = writes = None
     if all(k in a["proc"] and k in b["proc"] for k in ("syscr", "syscw")):
-        rw = b["proc"]["syscr"] - a["proc"]["syscr"] + b["proc"]["syscw"] - a["proc"]["syscw"]
+        reads = b["proc"]["syscr"] - a["proc"]["syscr"]      # read, readv, ...
+        writes = b["proc"]["syscw"] - a["proc"]["syscw"]     # write, writev, ...
+        rw = reads + writes
     polls = (_d(b["ctl"], a["ctl"], "io", "polls") or 0) if a["ctl"] else 0
     # per thread: the busiest one is the worker, the rest is the control thread & co.
     th = sorted((ns - a["proc"]["threads"].get(tid, 0) for tid, ns in b["proc"]["threads"].items()),
@@ -789,6 +791,8 @@ def _base(a: dict, b: dict, pk: int | None) -> dict:
         "other_load_cpus": max(0.0, (host_busy - ours) / dt) if host_busy is not None else None,
         "rw_syscalls": rw,
         "syscalls_per_pkt": (rw + polls) / pk if pk and rw is not None else None,
+        "reads_per_pkt": reads / pk if pk and reads is not None else None,
+        "writes_per_pkt": writes / pk if pk and writes is not None else None,
         "polls_per_pkt": polls / pk if pk and a["ctl"] else None,
         "home_tun_drops": (b["home_drops"] - a["home_drops"]
                            if b["home_drops"] is not None and a["home_drops"] is not None else None),
@@ -975,7 +979,8 @@ def say_tcp(say, label: str, f: dict) -> None:
     say(f"  {label}   tcp      : {f['gbps'] or 0:6.2f} Gbit/s, {f['retransmits'] or 0} retr, "
         f"HA {f['ha_pps']:8.0f} pkt/s ({f['ha_pkts_data']} data, {f['ha_pkts_ack']} ack), "
         f"{f['cpu_us_per_pkt'] or 0:6.2f} us/pkt, HA CPU {100 * f['ha_cpu_share']:3.0f} %, "
-        f"MN CPU {100 * f['mn_cpu_share']:3.0f} %, {f['syscalls_per_pkt'] or 0:.2f} syscalls/pkt, "
+        f"MN CPU {100 * f['mn_cpu_share']:3.0f} %, {f['syscalls_per_pkt'] or 0:.2f} syscalls/pkt "
+        f"(reads {f['reads_per_pkt'] or 0:.2f}, writes {f['writes_per_pkt'] or 0:.2f}), "
         f"other load {f['other_load_cpus'] or 0:.2f} CPUs")
 
 
@@ -1064,7 +1069,8 @@ MEDIAN_KEYS = ("offered_pps", "ha_pps", "ha_gbps", "gbps", "sink_pps", "loss_pct
                "ha_kernel_share", "cpu_us_per_pkt_stat", "ha_cpu_share", "mn_cpu_share",
                "mn_cpu_us_per_pkt", "both_cpu_us_per_pkt", "syscalls_per_pkt", "pkts_per_batch",
                "polls_per_pkt", "other_load_cpus", "host_busy_cpus", "home_tun_drops",
-               "retransmits", "sent_gbps", "ha_pkts_data", "ha_pkts_ack")
+               "retransmits", "sent_gbps", "ha_pkts_data", "ha_pkts_ack", "reads_per_pkt",
+               "writes_per_pkt")
 
 
 def aggregate(cells: list, max_other: float) -> list:
