@@ -17,14 +17,16 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("fastpath.seqstore")
 
 FILE = "sequence-reservations.json"
-MIN_BLOCK = 1 << 16
-MAX_BLOCK = 1 << 24
+MIN_BLOCK = 1 << 20     # ~0.5 s at 2 Mpps before the first check: the rate is not known yet
+MAX_BLOCK = 1 << 26
+AHEAD_S = 1.0           # a block covers this much traffic at the SA's recent rate
 
 
 def fingerprint(sa_cfg) -> str:
@@ -39,6 +41,9 @@ class _Reservation:
     limit: int            # workers may use numbers <= limit
     block: int
     max_seq: int          # 2^32-1, or 2^64-1 with ESN
+    seen: int = 0         # sequence number at the previous check
+    seen_at: float = 0.0  # ... and when (monotonic)
+    rate: float = 0.0     # numbers per second, smoothed
 
 
 class SequenceStore:
@@ -96,17 +101,30 @@ class SequenceStore:
         finally:
             os.close(dfd)
 
-    def extend(self) -> int:
-        """Move forward every limit that is more than half used; the block
-        doubles (up to MAX_BLOCK) for SAs that go fast. Returns how many moved.
-        The new limits are on disk before the workers see them."""
+    def extend(self, now: float | None = None) -> int:
+        """Move forward every limit that the SA would reach within half a
+        block or AHEAD_S / 2 at its recent rate. The block is sized to cover
+        AHEAD_S of traffic at that rate (a power of two between MIN_BLOCK and
+        MAX_BLOCK): a fast SA must not run dry while the control thread is
+        late (a busy machine, a slow fsync); a slow one skips little on a
+        restart. Returns how many moved. The new limits are on disk before
+        the workers see them."""
+        now = time.monotonic() if now is None else now
         grown = []
         for r in self._res.values():
             used = self.sad.sequence(r.spi)
-            if r.limit >= r.max_seq or r.limit - used > r.block // 2:
+            if r.seen_at:
+                dt = now - r.seen_at
+                if dt > 0:
+                    inst = (used - r.seen) / dt
+                    r.rate = inst if inst > r.rate else 0.8 * r.rate + 0.2 * inst
+            r.seen, r.seen_at = used, now
+            want = 1 << max(int(r.rate * AHEAD_S), 1).bit_length()
+            r.block = max(MIN_BLOCK, min(want, MAX_BLOCK))
+            if r.limit >= r.max_seq:
                 continue
-            if r.limit - used < r.block // 4:
-                r.block = min(r.block * 2, MAX_BLOCK)
+            if r.limit - used > max(r.block // 2, r.rate * AHEAD_S / 2):
+                continue
             r.limit = min(used + r.block, r.max_seq)
             grown.append(r)
         if grown:

@@ -63,3 +63,27 @@ def test_corrupt_state_refuses_to_start(tmp_path):
         assert "refusing to start" in str(e)
     else:
         raise AssertionError("started on a corrupt reservation file")
+
+
+def test_block_follows_the_rate_so_a_late_check_does_not_run_dry(tmp_path):
+    """A fast SA gets a block worth AHEAD_S of its traffic, so the workers do
+    not hit the limit while the control thread is late; a slow SA keeps the
+    minimum (little skipped on restart)."""
+    from fastpath.seqstore import AHEAD_S, MAX_BLOCK
+    cfg, sad, store, eng = start(tmp_path)
+    spi = cfg.mobile_nodes[0].sa("payload", "out").spi
+    assert store.extend(now=100.0) == 0                   # first look: nothing used
+    used = MIN_BLOCK - 1000                               # 3 Mpps for ~0.35 s
+    sad.resume_sequence(spi, used)
+    assert store.extend(now=100.0 + used / 3e6) == 1
+    ahead = store.limits()[spi] - used
+    assert ahead >= 3e6 * AHEAD_S and ahead <= MAX_BLOCK and ahead & (ahead - 1) == 0
+    # the same SA going slowly afterwards: the block shrinks back, no early extension
+    before = store.limits()[spi]
+    for i in range(1, 40):
+        sad.resume_sequence(spi, used + 10 * i)
+        store.extend(now=101.0 + i)
+    assert store.limits()[spi] == before
+    sad.resume_sequence(spi, before - 10)
+    assert store.extend(now=200.0) == 1
+    assert store.limits()[spi] - (before - 10) == MIN_BLOCK
