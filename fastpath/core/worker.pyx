@@ -233,9 +233,11 @@ cdef class Worker:
         fds[0].events = POLLIN
         fds[1].events = POLLIN
         fds[2].events = POLLIN
+        cdef int ready = 3                # sides worth a read(): after poll(), the readable ones
         while not fp_load_u64(&self.stopping):
-            self.drained = 0
-            nh = self._read(self.home_fd, self.home_batch, SIDE_HOME)
+            # a side poll() did not report is empty: no read() to learn that
+            self.drained = 3 & ~ready
+            nh = self._read(self.home_fd, self.home_batch, SIDE_HOME) if ready & 1 else 0
             if nh:
                 if self.null_forwarder:
                     self._mark(self.home_batch, V_TO_WIRE)
@@ -247,7 +249,7 @@ cdef class Worker:
                     self.engine.run_encap(self.home_batch)
                     self._write(self.home_batch)
                     self.engine.epoch_leave()
-            nw = self._read(self.wire_fd, self.wire_batch, SIDE_WIRE)
+            nw = self._read(self.wire_fd, self.wire_batch, SIDE_WIRE) if ready & 2 else 0
             if nw:
                 if self.null_forwarder:
                     self._mark(self.wire_batch, V_TO_HOME)
@@ -260,9 +262,11 @@ cdef class Worker:
                     self.engine.epoch_leave()
             # Both queues ran dry (a read said EAGAIN): sleep in poll() now,
             # rather than going round again for two more empty reads.
+            ready = 3
             if self.drained == 3:
                 self.polls += 1
-                poll(fds, 3, poll_ms)
+                if poll(fds, 3, poll_ms) > 0:
+                    ready = (1 if fds[0].revents else 0) | (2 if fds[1].revents else 0)
         read(self.stop_fd, &buf, 8)
 
     cdef int _read(self, int fd, Batch b, int side) noexcept nogil:
