@@ -107,3 +107,16 @@ def test_only_a_home_agent_with_realtime_on(monkeypatch):
     assert calls == []
     ControlPlane._scheduling(_plane("home-agent", True, ["w0"]))
     assert calls == [["w0"]]
+
+
+def test_startup_heap_frozen():
+    """The control loop freezes what start-up allocated: full collections
+    during Binding Updates skip it."""
+    from fastpath.control import freeze_startup_heap
+    import gc
+    try:
+        keep = [object() for _ in range(1000)]
+        n = freeze_startup_heap()
+        assert n >= len(keep) and gc.get_freeze_count() == n
+    finally:
+        gc.unfreeze()
