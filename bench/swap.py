@@ -637,7 +637,10 @@ def _run(args, lab: Lab, tmp: Path, doc: dict) -> int:
                  10):
         raise BenchFailed("mobile node A did not register:\n" + (tmp / "mn.log").read_text())
     status = ctl(ha_sock, "status")
-    print(f"home agent: {status['workers']} worker(s), crypto {status['crypto']}; "
+    doc["ha_scheduling"] = status.get("scheduling")
+    sched = status.get("scheduling") or {}
+    print(f"home agent: {status['workers']} worker(s), crypto {status['crypto']}, scheduling: "
+          f"control {sched.get('control', '?')}, workers {', '.join(map(str, sched.get('workers', [])))}; "
           f"A at {COA_A[0]}, B at {COA_B[0]}", flush=True)
 
     sniff = Sniffer(lab.popen("r", str(tools), "sniff", "r-ha", HA_ADDRESS, *COA_A, *COA_B,

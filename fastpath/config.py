@@ -30,6 +30,9 @@ Choices made here (documented for operators)
   §6.1.8).  Default 3600.
 * ``[home_agent] mtu`` defaults to 1500, ``state_dir`` to /var/lib/fastpath; a
   relative ``state_dir`` is taken relative to the config file's directory.
+* ``[home_agent] realtime`` (default true): a home agent runs its control
+  thread and workers at low SCHED_FIFO priorities (fastpath.sched); false
+  keeps ordinary scheduling.  The mobile-node role ignores it.
 * SPIs are unique across every SA of every mobile node, in and out, and are
   at least 256 (0 is reserved for local use and 1..255 by IANA, RFC 4303 §2.1).
 * Key material is hex: an optional ``0x`` prefix and ``:`` separators are
@@ -99,7 +102,7 @@ REPLAY_WINDOW_MAX = 65536
 REPLAY_WINDOW_STEP = 32
 IFNAMSIZ = 16                                   # Linux: names up to 15 bytes
 
-_HA_KEYS = ("address", "home_prefix", "mtu", "state_dir", "allow_manual_aead")
+_HA_KEYS = ("address", "home_prefix", "mtu", "state_dir", "allow_manual_aead", "realtime")
 _IF_KEYS = ("home", "wire", "home_link")
 _MN_KEYS = ("home_address", "care_of_address", "binding_lifetime_max", "sa")
 _SA_KEYS = ("purpose", "direction", "spi", "algorithm", "key", "enc_key",
@@ -156,6 +159,7 @@ class HomeAgentConfig:
     mtu: int
     state_dir: Path
     allow_manual_aead: bool
+    realtime: bool = True
 
 
 @dataclass(frozen=True)
@@ -628,11 +632,12 @@ def _home_agent(ctx: _Ctx, tbl: dict, path: Path) -> HomeAgentConfig | None:
                 state_dir = path.parent / state_dir
 
     aead = ctx.get(tbl, "allow_manual_aead", bool, tp, entry, False, False)
+    realtime = ctx.get(tbl, "realtime", bool, tp, entry, False, True)
 
-    if None in (addr, prefix, state_dir) or _MISSING in (mtu, aead):
+    if None in (addr, prefix, state_dir) or _MISSING in (mtu, aead, realtime):
         return None
     return HomeAgentConfig(address=addr, home_prefix=prefix, mtu=mtu,
-                           state_dir=state_dir, allow_manual_aead=aead)
+                           state_dir=state_dir, allow_manual_aead=aead, realtime=realtime)
 
 
 def _interfaces(ctx: _Ctx, tbl: dict) -> InterfacesConfig | None:

@@ -9,6 +9,7 @@ reservations forward, expires bindings, answers the read-only control socket
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ class ControlPlane:
         self.bindings = None
         self.registration = None          # mobile-node role: our home registration
         self._extending = False
+        self.scheduling = None            # what fastpath.sched applied (home agent)
         fwd.control = self
         if fwd.opts.role == "home-agent":
             try:
@@ -57,6 +59,8 @@ class ControlPlane:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
+        self.scheduling = self._scheduling()
+        freeze_startup_heap()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._signal, sig)
         for w in self.fwd.workers:
@@ -91,6 +95,25 @@ class ControlPlane:
                     os.unlink(self.control_socket)
                 except FileNotFoundError:
                     pass
+
+    def _scheduling(self) -> dict | None:
+        """A home agent's control thread (this one) and workers run at low
+        real-time priorities unless the config says otherwise (fastpath.sched)."""
+        if self.fwd.opts.role != "home-agent" or \
+                not getattr(self.fwd.cfg.home_agent, "realtime", True):
+            return None
+        from fastpath import sched
+        return sched.prioritise(getattr(self.fwd, "threads", []))
+
+    def _policies(self) -> dict:
+        from fastpath.sched import policy
+        out = {"control": "%s %d" % policy(0), "workers": []}
+        for t in getattr(self.fwd, "threads", []):
+            try:
+                out["workers"].append("%s %d" % policy(t.native_id))
+            except (OSError, TypeError):     # not running
+                out["workers"].append(None)
+        return out
 
     def _signal(self, sig) -> None:
         log.info("%s: stopping", signal.Signals(sig).name)
@@ -249,7 +272,8 @@ class ControlPlane:
                     "uptime_s": round(time.time() - self.started, 1),
                     "workers": len(fwd.workers), "batch": fwd.opts.batch,
                     "crypto": fwd.backend, "home_if": fwd.home_if, "wire_if": fwd.wire_if,
-                    "mobile_nodes": fwd.sad.n_mobile_nodes, "sas": fwd.sad.n_sas}
+                    "mobile_nodes": fwd.sad.n_mobile_nodes, "sas": fwd.sad.n_sas,
+                    "scheduling": self._policies()}
         if what == "bindings":
             if self.bindings is not None:
                 return self.bindings.entries(time.monotonic())
@@ -319,6 +343,17 @@ class ControlPlane:
             pass
         finally:
             writer.close()
+
+
+def freeze_startup_heap() -> int:
+    """What start-up allocated (config, SA table, modules) lives as long as
+    the process: move it out of the collector's generations, so that a full
+    collection while a Binding Update waits walks only what came later
+    (~19 ms -> ~1 ms in the home agent of bench swap). Returns how many
+    objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def ctl_request(path: str, what: str, timeout: float = 5.0):

@@ -149,6 +149,12 @@ def test_example_ha_toml_loads():
     assert len(cfg.summary_rows()) == 8
 
 
+def test_realtime_scheduling_default_and_off():
+    assert parse(BASE, Path("t.toml")).home_agent.realtime is True
+    off = BASE.replace("mtu = 1500", "mtu = 1500\nrealtime = false", 1)
+    assert parse(off, Path("t.toml")).home_agent.realtime is False
+
+
 def test_example_gcm_loads_with_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="fastpath.config"):
         cfg = load(EXAMPLES / "ha-gcm.toml")
@@ -276,6 +282,7 @@ def test_missing_required_fields():
     ("replay_window = 64", "replay_window = true", "replay_window", "got boolean"),
     ("replay_window = 64", 'replay_window = 64\n  esn = "yes"', "esn", "must be true or false"),
     ("mtu = 1500", "mtu = 1500\nallow_manual_aead = 1", "allow_manual_aead", "must be true or false"),
+    ("mtu = 1500", 'mtu = 1500\nrealtime = "no"', "realtime", "must be true or false"),
     ('address = "2001:db8:ffff::1"', "address = 2001", "address", "IPv6 address in quotes"),
     (f'enc_key = "{SHA1_ENC}"', "enc_key = 0x0011", "enc_key", "hex string in quotes"),
     ('algorithm = "aes128-sha1"', 'algorithm = ["aes128-sha1"]', "algorithm", "got an array"),

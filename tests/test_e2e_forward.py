@@ -239,6 +239,8 @@ def test_control_socket_and_metrics(net, tmp_path):
         assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
         status = ctl(net.ha, sock, "status")
         assert status["role"] == "home-agent" and status["sas"] == 4
+        # a home agent's threads run at low real-time priorities (fastpath.sched)
+        assert status["scheduling"] == {"control": "fifo 2", "workers": ["fifo 1"]}
         assert {sa["spi"] for sa in ctl(net.ha, sock, "sas")} == {0x1010, 0x1020, 0x1030, 0x1040}
         [b] = ctl(net.ha, sock, "bindings")
         assert b["home_address"] == T.HOA1 and b["care_of_address"] == T.COA1
