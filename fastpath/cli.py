@@ -190,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        crypto=args.crypto, role=args.role, home_address=args.home_address,
                        enable_forwarding=args.enable_forwarding,
                        null_forwarder=args.null_forwarder, offload=args.offload,
-                       queue_len=args.queue_len or QUEUE_LEN)
+                       queue_len=args.queue_len or QUEUE_LEN, realtime=args.realtime)
         fwd = Forwarder(cfg, opts)
         fwd.start()
     except (ValueError, OSError, RuntimeError, PermissionError) as e:
@@ -447,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="packets the kernel queues at each TUN for the workers (txqueuelen; "
                          f"default: {QUEUE_LEN}). Bursts beyond it are dropped by the kernel "
                          "(tx_dropped of the link)")
+    sp.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                    help="home agent: run the control thread at SCHED_FIFO 2 and the workers "
+                         "at SCHED_FIFO 1, so a Binding Ack never waits for a CPU behind other "
+                         "processes; a saturated worker then keeps its CPU (default: "
+                         "[home_agent] realtime, true)")
     sp.add_argument("--null-forwarder", action="store_true", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_run)
 

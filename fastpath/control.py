@@ -99,8 +99,10 @@ class ControlPlane:
     def _scheduling(self) -> dict | None:
         """A home agent's control thread (this one) and workers run at low
         real-time priorities unless the config says otherwise (fastpath.sched)."""
-        if self.fwd.opts.role != "home-agent" or \
-                not getattr(self.fwd.cfg.home_agent, "realtime", True):
+        realtime = self.fwd.opts.realtime
+        if realtime is None:
+            realtime = getattr(self.fwd.cfg.home_agent, "realtime", True)
+        if self.fwd.opts.role != "home-agent" or not realtime:
             return None
         from fastpath import sched
         return sched.prioritise(getattr(self.fwd, "threads", []))

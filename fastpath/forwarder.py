@@ -66,6 +66,7 @@ class Options:
     null_forwarder: bool = False        # benchmark: same loop, no transform
     offload: bool = True                # IFF_VNET_HDR + TSO/GRO on the home TUN
     queue_len: int = QUEUE_LEN          # txqueuelen of both TUNs
+    realtime: bool | None = None        # SCHED_FIFO threads (home agent); None: the config's
     poll_ms: int = 200
     netns: str | None = None
 

@@ -93,9 +93,10 @@ def test_prioritise_reports_a_refusal(monkeypatch, caplog):
     assert "real-time scheduling not applied" in caplog.text
 
 
-def _plane(role: str, realtime: bool, threads=()):
+def _plane(role: str, realtime: bool, threads=(), flag=None):
     cfg = SimpleNamespace(home_agent=SimpleNamespace(realtime=realtime))
-    fwd = SimpleNamespace(opts=SimpleNamespace(role=role), cfg=cfg, threads=list(threads))
+    fwd = SimpleNamespace(opts=SimpleNamespace(role=role, realtime=flag), cfg=cfg,
+                          threads=list(threads))
     return SimpleNamespace(fwd=fwd)
 
 
@@ -107,6 +108,11 @@ def test_only_a_home_agent_with_realtime_on(monkeypatch):
     assert calls == []
     ControlPlane._scheduling(_plane("home-agent", True, ["w0"]))
     assert calls == [["w0"]]
+    # fastpath run --realtime / --no-realtime overrides the config
+    assert ControlPlane._scheduling(_plane("home-agent", True, ["w0"], flag=False)) is None
+    ControlPlane._scheduling(_plane("home-agent", False, ["w1"], flag=True))
+    assert calls == [["w0"], ["w1"]]
+    assert ControlPlane._scheduling(_plane("mobile-node", True, flag=True)) is None
 
 
 def test_startup_heap_frozen():
