@@ -1036,7 +1036,7 @@ def _notes(r: dict) -> list[str]:
     h = r["bu_ramp"]["ha"]
     if h["punt_overflow"]:
         notes.append(f"BU ramp: {h['punt_overflow']} packets were dropped because a worker's punt "
-                     "ring (256 slots) was full: the control loop could not keep up")
+                     "ring (1024 slots) was full: the control loop could not keep up")
     return notes
 
 
