@@ -196,6 +196,12 @@ def _ctl(lab: Lab, short: str, sock: str, *words: str):
     return json.loads(r.stdout)
 
 
+def _ping(lab: Lab, short: str, addr: str) -> bool:
+    p = lab.exec(short, "ping", "-6", "-c", "1", "-W", "1", addr,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p.wait(5) == 0
+
+
 def _wait(pred, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -241,6 +247,10 @@ def main(seconds: float = 10.0, rate: int = 4000, size: int = 1000) -> int:
         if not _wait(lambda: any(b.get("state") in ("registered", "static")
                                  for b in _ctl(lab, "ha", ha_sock, "bindings")), 10):
             raise RuntimeError("no binding at the home agent")
+        # the whole path answers (tunnel both ways, the router's neighbour entry
+        # for the CoA) before the stream starts: its loss is then the move's alone
+        if not _wait(lambda: _ping(lab, "cn", HOA), 15):
+            raise RuntimeError("the mobile node's home address does not answer ping from the CN")
         sniff = lab.exec("r", sys.executable, "-c", SNIFFER, HA_ADDRESS, COA1, COA2, "r-ha",
                          stdout=subprocess.PIPE, text=True)
         sink = lab.exec("mn", sys.executable, "-c", SINK, HOA, stdout=subprocess.PIPE, text=True)
