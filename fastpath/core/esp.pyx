@@ -19,6 +19,7 @@ from libc.string cimport memcpy, memset
 
 from fastpath.core.includes.openssl cimport *
 from fastpath.core.includes.ipsecmb cimport *
+from fastpath.core.includes.fpbytes cimport fp_icv_eq
 
 
 cdef inline void _sha_pads(fp_keys *k, const uint8_t *key, int key_len) noexcept nogil:
@@ -259,7 +260,7 @@ cdef class CryptoWorker:
         if enc:
             self.gcm_in[1] = OSSL_PARAM_construct_end()
         else:
-            self.gcm_in[1] = OSSL_PARAM_construct_octet_string(b"tag", j.rx_icv, 16)
+            self.gcm_in[1] = OSSL_PARAM_construct_octet_string(b"tag", <void *>j.rx, 16)
         if (EVP_CIPHER_CTX_set_params(o.c, self.gcm_in) != 1
                 or EVP_CipherUpdate(o.c, NULL, &outl, j.aad, j.aad_len) != 1
                 or EVP_CipherUpdate(o.c, j.ct, &outl, j.ct, j.ct_len) != 1
@@ -300,7 +301,7 @@ cdef class CryptoWorker:
                 continue
             # Encrypt-then-MAC: verify first, decrypt only authentic packets.
             _hmac(j.keys, j.esp, j.auth_len, j.tag)
-            if CRYPTO_memcmp(j.tag, j.rx_icv, j.keys.icv_len) != 0:
+            if not fp_icv_eq(j.tag, j.rx, j.keys.icv_len):
                 continue
             if j.keys.kind == KIND_CBC_HMAC:
                 o = self._ctx(j, 0)
@@ -325,7 +326,8 @@ cdef class CryptoWorker:
                 if j.keys.kind == KIND_GCM:
                     # Direct GCM calls: ~3x OpenSSL even one packet at a time.
                     fp_mb_gcm_one(self.mb, encrypt, j.keys.mb_gcm, j.keys.enc_key_len,
-                                  self.gcm_ctx, j.ct, j.ct_len, j.nonce, j.aad, j.aad_len, j.tag)
+                                  self.gcm_ctx, j.ct, j.ct_len, j.nonce, j.aad, j.aad_len,
+                                  j.icv if encrypt else j.tag)
                     _mb_finish(j, encrypt)
                     continue
                 r = m
@@ -378,7 +380,8 @@ cdef class CryptoWorker:
             fp_mb_job_cbc_hmac(mj, encrypt, j.keys.hash == HASH_SHA256,
                                j.keys.mb_enc, j.keys.mb_dec, j.keys.enc_key_len if cbc else 0,
                                j.esp, <uint64_t>(j.ct - j.esp), j.ct_len, j.auth_len,
-                               j.iv, j.keys.mb_ipad, j.keys.mb_opad, j.tag, j.keys.icv_len, j)
+                               j.iv, j.keys.mb_ipad, j.keys.mb_opad,
+                               j.tag_out if encrypt else j.tag, j.keys.icv_len, j)
             mj = fp_mb_submit(self.mb)
             while mj != NULL:
                 _mb_job_done(mj, encrypt)
@@ -399,7 +402,8 @@ cdef class CryptoWorker:
             fp_mb_job_cbc_hmac(fp_mb_burst_at(self.burst, x), encrypt, k.hash == HASH_SHA256,
                                k.mb_enc, k.mb_dec, k.enc_key_len if cbc else 0,
                                j.esp, <uint64_t>(j.ct - j.esp), j.ct_len, j.auth_len,
-                               j.iv, j.keys.mb_ipad, j.keys.mb_opad, j.tag, k.icv_len, j)
+                               j.iv, k.mb_ipad, k.mb_opad, j.tag_out if encrypt else j.tag,
+                               k.icv_len, j)
         if encrypt:        # encrypt, then MAC the ciphertext
             if cbc:
                 done_c = fp_mb_cipher_burst(self.mb, self.burst, n, 1, k.enc_key_len)
@@ -425,12 +429,15 @@ cdef inline void _mb_job_done(fp_mb_job *mj, int encrypt) noexcept nogil:
 
 cdef inline void _mb_finish(fp_job *j, int encrypt) noexcept nogil:
     if encrypt:
-        memcpy(j.icv, j.tag, j.keys.icv_len)
+        # GCM and HMAC without ESN wrote the ICV in place; with ESN the HMAC
+        # went to j.tag (its place held seq_hi while it was computed).
+        if j.tag_out != j.icv:
+            memcpy(j.icv, j.tag_out, j.keys.icv_len)
         j.ok = 1
     else:
         # The library decrypts without verifying: the plaintext is never
         # released unless this constant-time compare passes.
-        j.ok = CRYPTO_memcmp(j.tag, j.rx_icv, j.keys.icv_len) == 0
+        j.ok = fp_icv_eq(j.tag, j.rx, j.keys.icv_len)
 
 
 def ipsecmb_available():
