@@ -1,4 +1,5 @@
 # The per-worker engine (engine.pyx): classify -> frame -> crypto -> verdict.
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from fastpath.core.batch cimport Batch
 from fastpath.core.esp cimport fp_job, CryptoWorker
@@ -45,7 +46,7 @@ cdef struct fp_binding_rec:
     uint8_t data[BINDING_MAX]
 
 
-
+@cython.final
 cdef class Engine:
     cdef SADatabase sad
     cdef fp_sad *t
@@ -74,11 +75,9 @@ cdef class Engine:
     cdef void epoch_leave(self) noexcept nogil
     cdef void run_encap(self, Batch b) noexcept nogil
     cdef void run_decap(self, Batch b) noexcept nogil
-    cdef void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil
-    cdef bint _slot_ok(self, Batch b, int i) noexcept nogil
-    cdef uint8_t *_packet(self, Batch b, int i) noexcept nogil
-    cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil
-    cdef const uint8_t *_iv_scratch(self) noexcept nogil
+    cdef inline void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil
+    cdef inline const uint8_t *_iv(self, Batch b, int i) noexcept nogil
+    cdef inline const uint8_t *_iv_scratch(self) noexcept nogil
     cdef bint _ptb_token(self) noexcept nogil
     cdef void _too_big(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s,
                        int32_t inner_mtu) noexcept nogil

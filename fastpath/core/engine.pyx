@@ -17,6 +17,7 @@ from fastpath.core.esp cimport (fp_job, fp_keys, CryptoWorker, KIND_GCM, KIND_CB
 from fastpath.core.sad cimport *
 from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit_locked
 from fastpath.core.includes.atomic cimport *
+from fastpath.core.includes.fpbytes cimport fp_ld_u64, fp_ld_be32, fp_eq128, fp_copy40
 from fastpath.core.includes.openssl cimport RAND_bytes
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -195,23 +196,6 @@ cdef class Engine:
             if sa >= 0:
                 fp_add_u64(&self.t.hot[sa].drops[reason], 1)
 
-    cdef bint _slot_ok(self, Batch b, int i) noexcept nogil:
-        # offsets/lengths are numpy arrays Python can write: never trust them.
-        cdef int64_t off = b.c_off[i]
-        cdef int64_t n = b.c_len[i]
-        return off >= HEADROOM and n >= 0 and off + n <= b.slot_size - TAILROOM
-
-    cdef uint8_t *_packet(self, Batch b, int i) noexcept nogil:
-        """Slot i's packet if it is a whole IPv6 packet inside its slot, else
-        NULL with the slot dropped as malformed."""
-        cdef uint8_t *p
-        if self._slot_ok(b, i):
-            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
-            if ipv6_ok(p, b.c_len[i]):
-                return p
-        self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-        return NULL
-
     cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
         """A CBC IV: unpredictable, drawn from a bulk RAND_bytes buffer."""
         if self.fixed_ivs:
@@ -350,178 +334,247 @@ cdef class Engine:
     cdef void _encap(self, Batch b) noexcept nogil:
         """Three passes over the batch: classify (lookups, MTU, plain tunnels),
         reserve sequence numbers (one atomic per SA, not per packet), frame and
-        seal. Counters are added once per run of packets of one SA."""
-        cdef int i, k, r, nj = 0, nruns = 0, w
-        cdef int32_t n, m, e, s, esp_len, hl
+        seal. Consecutive packets to one mobile node (a run) share its lookup,
+        its endpoint read and its SA's parameters; counters are added once per
+        run of packets of one SA."""
+        cdef fp_sad *t = self.t
+        cdef fp_job *jobs = self.jobs
+        cdef uint8_t *data = b.c_data
+        cdef int32_t *c_off = b.c_off
+        cdef int32_t *c_len = b.c_len
+        cdef Py_ssize_t ss = b.slot_size
+        cdef int64_t lim = b.slot_size - TAILROOM
+        cdef bint ha = t.role == ROLE_HA
+        cdef int dst = 24 if ha else 8
+        cdef uint8_t mh_type = 3 if ha else 1
+        cdef int32_t mtu = <int32_t>t.mtu
+        cdef int i, k, r, nj = 0, nruns = 0, w, run = -1
+        cdef int32_t n, off, m, e = -1, s, pay = -1, rr = -1, fit = 0, cur = -2, esp_len, hl = 0
+        cdef uint64_t hoa_hi = 0, hoa_lo = 0, x_hi, x_lo, seq, got
+        cdef bint cached = False, esn = False
+        cdef uint32_t spi = 0
         cdef uint8_t *p
         cdef uint8_t *outer
         cdef const uint8_t *ivp
         cdef fp_sa *sa
-        cdef fp_keys *kk
+        cdef fp_keys *kk = NULL
         cdef fp_job *j
-        cdef uint64_t seq, got
         cdef fp_mn *mn
+        cdef fp_seq_run *rn
         cdef fp_seq_run runs[SEQ_RUNS]
         # 1. classify
         for i in range(b.count):
-            p = self._packet(b, i)
-            if p == NULL:
+            # offsets/lengths are numpy arrays Python can write: never trust them.
+            off = c_off[i]
+            n = c_len[i]
+            if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                 continue
-            n = b.c_len[i]
+            p = data + <Py_ssize_t>i * ss + off
+            if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
             # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
-            m = sad_find_mn(self.t, p + (24 if self.t.role == ROLE_HA else 8))
-            if m < 0:
-                self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
-                continue
-            mn = &self.t.mns[m]
-            e = fp_load_acq_i32(&mn.ep)      # one read per packet: old or new, never torn
+            x_hi = fp_ld_u64(p + dst)
+            x_lo = fp_ld_u64(p + dst + 8)
+            if not cached or x_hi != hoa_hi or x_lo != hoa_lo:
+                m = sad_find_mn(t, p + dst)
+                if m < 0:
+                    cached = False
+                    self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+                    continue
+                mn = &t.mns[m]
+                # One endpoint read per run of this mobile node within the
+                # batch: old or new record, never torn, and it stays valid
+                # until the batch ends (grace period).
+                e = fp_load_acq_i32(&mn.ep)
+                pay = mn.sa[PURPOSE_PAYLOAD][DIR_OUT]
+                rr = mn.sa[PURPOSE_RR][DIR_OUT]
+                hoa_hi = x_hi
+                hoa_lo = x_lo
+                cached = True
+                cur = -2
             if e < 0:
                 self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
                 continue
-            s = mn.sa[PURPOSE_PAYLOAD][DIR_OUT]
-            if mn.sa[PURPOSE_RR][DIR_OUT] >= 0 and is_mh_type(p, n, 3 if self.t.role == ROLE_HA else 1):
-                s = mn.sa[PURPOSE_RR][DIR_OUT]
+            s = pay
+            if rr >= 0 and is_mh_type(p, n, mh_type):
+                s = rr
+            if s != cur:
+                # Per SA: the largest inner packet that fits the MTU, and its
+                # sequence-number reservation.
+                cur = s
+                run = -1
+                if s < 0:
+                    fit = mtu - 40
+                else:
+                    kk = t.sas[s].keys
+                    fit = ((mtu - 48 - kk.iv_len - kk.icv_len) & ~(kk.align - 1)) - 2
+                    for r in range(nruns):
+                        if runs[r].sa == s:
+                            run = r
+                            break
+                    if run < 0 and nruns < SEQ_RUNS:
+                        run = nruns
+                        runs[run].sa = s
+                        runs[run].want = 0
+                        nruns += 1
+            # A packet of up to 1280 bytes is tunnelled even when it does not
+            # fit: its outer packet leaves fragmented (RFC 2473 §7.1; the
+            # worker fragments).
+            if n > fit and n > 1280:
+                self._too_big(b, i, p, n, s, fit)
+                continue
             if s < 0:
-                # Plain IPv6-in-IPv6 (RFC 2473). A packet of up to 1280 bytes
-                # is tunnelled even when it does not fit: its outer packet
-                # leaves fragmented (RFC 2473 §7.1; the worker fragments).
-                if 40 + n > <int32_t>self.t.mtu and n > 1280:
-                    self._too_big(b, i, p, n, -1, self.t.mtu - 40)
-                    continue
+                # Plain IPv6-in-IPv6 (RFC 2473).
                 outer = p - 40
-                memcpy(outer, self.t.eps[e].hdr, 40)
+                fp_copy40(outer, t.eps[e].hdr)
                 wr16(outer + 4, n)
                 outer[6] = 41
-                b.c_off[i] -= 40
-                b.c_len[i] = n + 40
+                c_off[i] = off - 40
+                c_len[i] = n + 40
                 self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
                 continue
-            kk = self.t.sas[s].keys
-            esp_len = 8 + kk.iv_len + ((n + 2 + kk.align - 1) & ~(kk.align - 1)) + kk.icv_len
-            if 40 + esp_len > <int32_t>self.t.mtu and n > 1280:
-                self._too_big(b, i, p, n, s, ((<int32_t>self.t.mtu - 48 - kk.iv_len - kk.icv_len)
-                                              & ~(kk.align - 1)) - 2)
-                continue
-            j = &self.jobs[nj]
+            j = &jobs[nj]
             nj += 1
             j.slot = i
             j.sa = s
             j.ep = e
             j.plen = n
-            j.run = -1
-            for r in range(nruns):
-                if runs[r].sa == s:
-                    j.run = r
-                    runs[r].want += 1
-                    break
-            if j.run < 0 and nruns < SEQ_RUNS:
-                j.run = nruns
-                runs[nruns].sa = s
-                runs[nruns].want = 1
-                nruns += 1
+            j.ct = p
+            j.run = run
+            if run >= 0:
+                runs[run].want += 1
         if nj == 0:
             return
         # 2. reserve sequence numbers: unique and gap-free across workers
         for r in range(nruns):
-            runs[r].next = fp_next_seqs(&self.t.hot[runs[r].sa].seq,
-                                        fp_load_u64(&self.t.hot[runs[r].sa].seq_limit),
+            runs[r].next = fp_next_seqs(&t.hot[runs[r].sa].seq,
+                                        fp_load_u64(&t.hot[runs[r].sa].seq_limit),
                                         runs[r].want, &got)
             runs[r].end = runs[r].next + got
         # 3. frame (dropping what got no number), then seal
         w = 0
+        cur = -1
         for k in range(nj):
-            j = &self.jobs[k]
+            j = &jobs[k]
             s = j.sa
             i = j.slot
             if j.run >= 0:
-                seq = runs[j.run].next
-                if seq == runs[j.run].end:
+                rn = &runs[j.run]
+                seq = rn.next
+                if seq == rn.end:
                     seq = 0
                 else:
-                    runs[j.run].next += 1
+                    rn.next = seq + 1
             else:
-                seq = fp_next_seq(&self.t.hot[s].seq, fp_load_u64(&self.t.hot[s].seq_limit))
+                seq = fp_next_seq(&t.hot[s].seq, fp_load_u64(&t.hot[s].seq_limit))
             if seq == 0:
                 self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
                 continue
             if w != k:
-                self.jobs[w].slot = i
-                self.jobs[w].sa = s
-                self.jobs[w].ep = j.ep
-                self.jobs[w].plen = j.plen
-                j = &self.jobs[w]
+                jobs[w].slot = i
+                jobs[w].sa = s
+                jobs[w].ep = j.ep
+                jobs[w].plen = j.plen
+                jobs[w].ct = j.ct
+                j = &jobs[w]
             w += 1
-            sa = &self.t.sas[s]
-            kk = sa.keys
-            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
-            n = j.plen
+            if s != cur:
+                cur = s
+                sa = &t.sas[s]
+                kk = sa.keys
+                spi = sa.spi
+                esn = sa.esn
+                hl = 8 + kk.iv_len
+            p = j.ct
             ivp = NULL
             if kk.kind == KIND_CBC_HMAC:
                 ivp = self._iv(b, i)
             elif self.fixed_ivs and kk.kind == KIND_GCM:
                 ivp = b.c_iv + i * 16           # tests: a published vector's explicit IV
-            esp_len = esp_frame_out(j, kk, p, n, sa.spi, seq, sa.esn, 41, ivp)
-            j.plen = n
-            hl = 8 + kk.iv_len
+            esp_len = esp_frame_out(j, kk, p, j.plen, spi, seq, esn, 41, ivp)
             outer = p - hl - 40
-            memcpy(outer, self.t.eps[j.ep].hdr, 40)
+            fp_copy40(outer, t.eps[j.ep].hdr)
             wr16(outer + 4, esp_len)
             outer[6] = 50
-            b.c_off[i] -= 40 + hl
-            b.c_len[i] = 40 + esp_len
-            b.c_sa[i] = s
-            b.c_reason[i] = 0
-            b.c_verdict[i] = V_TO_WIRE
+            c_off[i] -= 40 + hl
+            c_len[i] = 40 + esp_len
         if w == 0:
             return
-        self.crypto.seal(self.jobs, w)
+        self.crypto.seal(jobs, w)
         self._count_out(b, w)
 
     cdef void _count_out(self, Batch b, int nj) noexcept nogil:
         """Verdicts and SA counters after sealing, one atomic add per run."""
-        cdef int k
-        cdef int32_t cur = -1
+        cdef int k, ok = 0
+        cdef int32_t cur = -1, i
         cdef uint64_t pk = 0, by = 0
         cdef fp_job *j
+        cdef fp_sa_hot *hot = NULL
+        cdef uint8_t *c_verdict = b.c_verdict
+        cdef uint8_t *c_reason = b.c_reason
+        cdef int32_t *c_sa = b.c_sa
         for k in range(nj):
             j = &self.jobs[k]
+            i = j.slot
             if not j.ok:
-                self._verdict(b, j.slot, V_DROP, R_MALFORMED, j.sa)
+                self._verdict(b, i, V_DROP, R_MALFORMED, j.sa)
                 continue
-            self.verdicts[V_TO_WIRE] += 1
+            c_verdict[i] = V_TO_WIRE
+            c_reason[i] = R_NONE
+            c_sa[i] = j.sa
+            ok += 1
             if j.sa != cur:
                 if cur >= 0:
-                    fp_add_u64(&self.t.hot[cur].packets, pk)
-                    fp_add_u64(&self.t.hot[cur].bytes, by)
+                    fp_add_u64(&hot.packets, pk)
+                    fp_add_u64(&hot.bytes, by)
                 cur = j.sa
+                hot = &self.t.hot[cur]
                 pk = 0
                 by = 0
             pk += 1
             by += <uint64_t>j.plen
         if cur >= 0:
-            fp_add_u64(&self.t.hot[cur].packets, pk)
-            fp_add_u64(&self.t.hot[cur].bytes, by)
+            fp_add_u64(&hot.packets, pk)
+            fp_add_u64(&hot.bytes, by)
+        self.verdicts[V_TO_WIRE] += ok
 
     # -- inbound ----------------------------------------------------------------
     cdef void _decap(self, Batch b) noexcept nogil:
+        cdef fp_sad *t = self.t
+        cdef fp_job *jobs = self.jobs
+        cdef uint8_t *data = b.c_data
+        cdef int32_t *c_off = b.c_off
+        cdef int32_t *c_len = b.c_len
+        cdef Py_ssize_t ss = b.slot_size
+        cdef int64_t lim = b.slot_size - TAILROOM
+        cdef bint ha = t.role == ROLE_HA
         cdef int i, k, cnt, nj = 0
-        cdef int32_t n, off, hl, o, ol, nh_pos, s, ct_len, esp_len
+        cdef int32_t n, off, hl, o, ol, nh_pos, s = -1, ct_len, esp_len, cur
+        cdef uint32_t spi, last_spi = 0
         cdef uint8_t nh
         cdef uint8_t *p
         cdef const uint8_t *hoa
         cdef const uint8_t *rh2
-        cdef fp_sa *sa
-        cdef fp_keys *kk
+        cdef fp_sa *sa = NULL
+        cdef fp_keys *kk = NULL
+        cdef fp_sa_hot *hot = NULL
         cdef fp_job *j
-        cdef uint64_t seq
+        cdef uint64_t seq, T
         cdef bint bad
-        cdef int32_t cur
         self.n_bindings = 0
         for i in range(b.count):
-            p = self._packet(b, i)
-            if p == NULL:
+            # offsets/lengths are numpy arrays Python can write: never trust them.
+            off = c_off[i]
+            n = c_len[i]
+            if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                 continue
-            n = b.c_len[i]
+            p = data + <Py_ssize_t>i * ss + off
+            if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
             # Walk the extension chain: hop-by-hop, routing, destination options.
             nh = p[6]
             nh_pos = 6
@@ -570,30 +623,36 @@ cdef class Engine:
                 if esp_len < 8:
                     self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                     continue
-                s = sad_find_spi(self.t, rd32(p + off))
-                if s < 0:
-                    self._verdict(b, i, V_DROP, R_UNKNOWN_SPI, -1)
-                    continue
-                sa = &self.t.sas[s]
-                kk = sa.keys
+                # Consecutive packets of one SA (a run) share its lookup.
+                spi = fp_ld_be32(p + off)
+                if spi != last_spi or s < 0:
+                    s = sad_find_spi(t, spi)
+                    if s < 0:
+                        self._verdict(b, i, V_DROP, R_UNKNOWN_SPI, -1)
+                        continue
+                    last_spi = spi
+                    sa = &t.sas[s]
+                    kk = sa.keys
+                    hot = &t.hot[s]
                 ct_len = esp_ct_len(kk, esp_len)
                 if ct_len < 0:
                     self._verdict(b, i, V_DROP, R_MALFORMED, s)
                     continue
+                T = fp_load_u64(&hot.seq)
                 if sa.esn:
-                    seq = esn_infer(fp_load_u64(&self.t.hot[s].seq), rd32(p + off + 4), sa.window)
+                    seq = esn_infer(T, fp_ld_be32(p + off + 4), sa.window)
                 else:
-                    seq = rd32(p + off + 4)
-                if not replay_fresh(sa, fp_load_u64(&self.t.hot[s].seq), seq):
+                    seq = fp_ld_be32(p + off + 4)
+                if not replay_fresh(sa, T, seq):
                     self._verdict(b, i, V_DROP, R_REPLAY, s)
                     continue
-                j = &self.jobs[nj]
+                j = &jobs[nj]
                 nj += 1
                 j.slot = i
                 j.sa = s
                 j.esp_off = off
                 j.nh_pos = nh_pos
-                j.hoa = hoa if self.t.role == ROLE_HA else rh2
+                j.hoa = hoa if ha else rh2
                 esp_frame_in(j, kk, p + off, ct_len, seq, sa.esn)
                 continue
             if nh == 41:
@@ -603,16 +662,17 @@ cdef class Engine:
             self._verdict(b, i, V_PUNT, R_NONE, -1)
         if nj == 0:
             return
-        self.crypto.open(self.jobs, nj)
+        self.crypto.open(jobs, nj)
         # Runs of one SA take its replay lock and update its counters once.
-        cur = -1
+        cur = jobs[0].sa
+        fp_spin_lock(&t.hot[cur].lock)
         for k in range(nj):
-            if self.jobs[k].sa != cur:
-                if cur >= 0:
-                    self._end_run(cur)
-                cur = self.jobs[k].sa
-                fp_spin_lock(&self.t.hot[cur].lock)
-            self._finish_open(b, &self.jobs[k])
+            j = &jobs[k]
+            if j.sa != cur:
+                self._end_run(cur)
+                cur = j.sa
+                fp_spin_lock(&t.hot[cur].lock)
+            self._finish_open(b, j)
         self._end_run(cur)
 
     cdef void _end_run(self, int32_t s) noexcept nogil:
@@ -680,45 +740,49 @@ cdef class Engine:
                 self._verdict(b, i, V_DROP, R_MALFORMED, s)
                 return
             # RFC 4301 inbound selector: HA: from the HoA; MN: to the HoA.
-            if memcmp(j.ct + (8 if self.t.role == ROLE_HA else 24), sa.hoa, 16) != 0:
+            if not fp_eq128(j.ct + (8 if self.t.role == ROLE_HA else 24),
+                            fp_ld_u64(sa.hoa), fp_ld_u64(sa.hoa + 8)):
                 self._verdict(b, i, V_DROP, R_POLICY, s)
                 return
             b.c_off[i] = <int32_t>(j.ct - (b.c_data + <Py_ssize_t>i * b.slot_size))
             b.c_len[i] = plen
-        else:
-            # Transport mode (binding SA): the HAO (at the HA; the Type 2 Routing
-            # Header at the MN) must name this SA's mobile node.
-            if j.hoa == NULL or memcmp(j.hoa, sa.hoa, 16) != 0:
-                self._verdict(b, i, V_DROP, R_POLICY, s)
-                return
-            if nxt != 135:
-                self._verdict(b, i, V_DROP, R_MALFORMED, s)
-                return
-            hl = 8 + sa.keys.iv_len
-            newlen = j.esp_off + plen
-            if newlen > BINDING_MAX:
-                self._verdict(b, i, V_DROP, R_MALFORMED, s)
-                return
-            # Remove ESP: slide the IPv6 header chain up against the payload.
-            p = j.esp - j.esp_off
-            q = p + hl
-            memmove(q, p, j.esp_off)
-            q[j.nh_pos] = 135
-            wr16(q + 4, newlen - 40)
-            b.c_off[i] += hl
-            b.c_len[i] = newlen
-            r = &self.bindings[self.n_bindings]
-            self.n_bindings += 1
-            r.slot = i
-            r.sa = s
-            r.seq = j.seq
-            r.length = newlen
-            r.mh_offset = j.esp_off
-            memcpy(r.data, q, newlen)
+            b.c_verdict[i] = V_TO_HOME
+            b.c_reason[i] = R_NONE
+            b.c_sa[i] = s
+            self.verdicts[V_TO_HOME] += 1
             self.run_packets += 1
-            self.run_bytes += <uint64_t>newlen
-            self._verdict(b, i, V_BINDING, R_NONE, s)
+            self.run_bytes += <uint64_t>plen
             return
+        # Transport mode (binding SA): the HAO (at the HA; the Type 2 Routing
+        # Header at the MN) must name this SA's mobile node.
+        if j.hoa == NULL or memcmp(j.hoa, sa.hoa, 16) != 0:
+            self._verdict(b, i, V_DROP, R_POLICY, s)
+            return
+        if nxt != 135:
+            self._verdict(b, i, V_DROP, R_MALFORMED, s)
+            return
+        hl = 8 + sa.keys.iv_len
+        newlen = j.esp_off + plen
+        if newlen > BINDING_MAX:
+            self._verdict(b, i, V_DROP, R_MALFORMED, s)
+            return
+        # Remove ESP: slide the IPv6 header chain up against the payload.
+        p = j.esp - j.esp_off
+        q = p + hl
+        memmove(q, p, j.esp_off)
+        q[j.nh_pos] = 135
+        wr16(q + 4, newlen - 40)
+        b.c_off[i] += hl
+        b.c_len[i] = newlen
+        r = &self.bindings[self.n_bindings]
+        self.n_bindings += 1
+        r.slot = i
+        r.sa = s
+        r.seq = j.seq
+        r.length = newlen
+        r.mh_offset = j.esp_off
+        memcpy(r.data, q, newlen)
         self.run_packets += 1
-        self.run_bytes += <uint64_t>plen
-        self._verdict(b, i, V_TO_HOME, R_NONE, s)
+        self.run_bytes += <uint64_t>newlen
+        self._verdict(b, i, V_BINDING, R_NONE, s)
+        return
