@@ -5,8 +5,8 @@ from libc.string cimport memcpy
 from fastpath.core.includes.openssl cimport (EVP_CIPHER, EVP_CIPHER_CTX, SHA_CTX, SHA256_CTX,
                                             OSSL_PARAM)
 from fastpath.core.includes.ipsecmb cimport fp_mb_mgr
-from fastpath.core.includes.fpbytes cimport (fp_st_be32, fp_st_be64, fp_esp_trailer,
-                                             fp_pad_ok)
+from fastpath.core.includes.fpbytes cimport (fp_st_be32, fp_st_be64, fp_st_esp_hdr,
+                                             fp_esp_trailer, fp_pad_ok)
 cimport cython
 
 cdef enum:
@@ -60,7 +60,7 @@ cdef struct fp_job:
     uint8_t *iv         # CBC IV on the wire
     const uint8_t *aad  # GCM AAD: the ESP header itself, or aad_buf with ESN
     const uint8_t *rx   # decap: the ICV as received (in place, or rx_icv with ESN)
-    uint8_t *tag_out    # encap: where the ICV is computed (icv, or tag with ESN)
+    uint8_t *tag_out    # encap, HMAC: where the ICV is computed (icv, or tag with ESN)
     uint32_t ct_len
     uint32_t auth_len   # bytes the ICV covers from esp (includes ESN seq_hi)
     uint32_t aad_len
@@ -74,7 +74,7 @@ cdef struct fp_job:
     int32_t run         # encap: index in the batch's sequence-number reservations
     int32_t esp_off     # offset of the ESP header in the packet
     int32_t nh_pos      # offset of the next-header byte that names ESP
-    uint64_t seq
+    uint64_t seq        # decap
     const uint8_t *hoa  # Home Address option's address, if any
     uint8_t aad_buf[12]
     uint8_t tag[32]     # ICV as computed (decap; encap with ESN)
@@ -95,16 +95,48 @@ cdef class CryptoWorker:
     cdef fp_mb_mgr *mb
     cdef void *gcm_ctx             # ipsec-mb GCM scratch (struct gcm_context_data)
     cdef void *burst               # ipsec-mb job array for bursts (MB_BURST jobs)
-    cdef void seal(self, fp_job *jobs, int n) noexcept nogil
-    cdef void open(self, fp_job *jobs, int n) noexcept nogil
+    cdef int seal(self, fp_job *jobs, int n) noexcept nogil
+    cdef int open(self, fp_job *jobs, int n) noexcept nogil
     cdef fp_ossl *_ctx(self, fp_job *j, int enc) noexcept nogil
     cdef bint _cbc(self, fp_ossl *o, fp_job *j, int enc) noexcept nogil
     cdef bint _gcm(self, fp_job *j, int enc) noexcept nogil
-    cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
-    cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil
-    cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil
-    cdef void _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil
-    cdef void _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil
+    cdef int _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
+    cdef int _ossl_open(self, fp_job *jobs, int n) noexcept nogil
+    cdef int _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil
+    cdef int _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil
+    cdef int _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil
+
+
+cdef inline int32_t esp_frame_gcm(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
+                                  uint32_t spi, uint64_t seq, bint esn, uint8_t next_header,
+                                  const uint8_t *iv) noexcept nogil:
+    """esp_frame_out() for an AES-GCM SA (RFC 4106): explicit IV = the
+    sequence number unless `iv` (8 bytes) overrides it; the AAD is the ESP
+    header itself without ESN."""
+    cdef int32_t padded = (n + 2 + 3) & ~3
+    cdef uint8_t *esp = p - 16
+    j.keys = k
+    j.esp = esp
+    j.ct = p
+    j.ct_len = padded
+    j.icv = p + padded
+    fp_st_esp_hdr(esp, spi, <uint32_t>seq)
+    if iv != NULL:
+        memcpy(esp + 8, iv, 8)
+    else:                                # explicit IV = sequence number: unique under the key
+        fp_st_be64(esp + 8, seq)
+    fp_esp_trailer(p, n, padded - n - 2, next_header)     # padding 1, 2, 3, ...
+    memcpy(j.nonce, k.salt, 4)
+    memcpy(j.nonce + 4, esp + 8, 8)
+    if esn:
+        fp_st_be32(j.aad_buf, spi)
+        fp_st_be64(j.aad_buf + 4, seq)
+        j.aad = j.aad_buf
+        j.aad_len = 12
+    else:
+        j.aad = esp                      # SPI | sequence number, as on the wire
+        j.aad_len = 8
+    return 16 + padded + 16
 
 
 cdef inline int32_t esp_frame_out(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
@@ -118,40 +150,24 @@ cdef inline int32_t esp_frame_out(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
     cdef int32_t padded = (n + 2 + k.align - 1) & ~(k.align - 1)
     cdef int32_t hl = 8 + k.iv_len
     cdef uint8_t *esp = p - hl
+    if k.kind == KIND_GCM:
+        return esp_frame_gcm(j, k, p, n, spi, seq, esn, next_header, iv)
     j.keys = k
-    j.seq = seq
-    j.esp = esp
-    j.iv = esp + 8
     j.ct = p
     j.ct_len = padded
     j.icv = p + padded
-    j.tag_out = p + padded
+    j.esp = esp
+    j.iv = esp + 8
+    j.tag_out = j.icv
     j.auth_len = hl + padded
-    fp_st_be32(esp, spi)
-    fp_st_be32(esp + 4, <uint32_t>seq)
+    fp_st_esp_hdr(esp, spi, <uint32_t>seq)
     fp_esp_trailer(p, n, padded - n - 2, next_header)     # padding 1, 2, 3, ...
-    if k.kind == KIND_GCM:
-        if iv != NULL:
-            memcpy(esp + 8, iv, 8)
-        else:                            # explicit IV = sequence number: unique under the key
-            fp_st_be64(esp + 8, seq)
-        memcpy(j.nonce, k.salt, 4)
-        memcpy(j.nonce + 4, esp + 8, 8)
-        if esn:
-            fp_st_be32(j.aad_buf, spi)
-            fp_st_be64(j.aad_buf + 4, seq)
-            j.aad = j.aad_buf
-            j.aad_len = 12
-        else:
-            j.aad = esp                  # SPI | sequence number, as on the wire
-            j.aad_len = 8
-    else:
-        if k.kind == KIND_CBC_HMAC:
-            memcpy(esp + 8, iv, 16)
-        if esn:                          # the ICV covers seq_hi, placed where the ICV goes
-            fp_st_be32(j.icv, <uint32_t>(seq >> 32))
-            j.auth_len += 4
-            j.tag_out = j.tag            # computed apart, then copied over seq_hi
+    if k.kind == KIND_CBC_HMAC:
+        memcpy(esp + 8, iv, 16)
+    if esn:                              # the ICV covers seq_hi, placed where the ICV goes
+        fp_st_be32(j.icv, <uint32_t>(seq >> 32))
+        j.auth_len += 4
+        j.tag_out = j.tag                # computed apart, then copied over seq_hi
     return hl + padded + k.icv_len
 
 
@@ -169,15 +185,12 @@ cdef inline void esp_frame_in(fp_job *j, fp_keys *k, uint8_t *esp, int32_t ct_le
     j.keys = k
     j.seq = seq
     j.esp = esp
-    j.iv = esp + 8
-    j.ct = j.iv + k.iv_len
+    j.ct = esp + 8 + k.iv_len
     j.ct_len = ct_len
-    j.icv = j.ct + ct_len
-    j.rx = j.icv
-    j.auth_len = 8 + k.iv_len + ct_len
-    if k.kind == KIND_GCM:
+    j.rx = j.ct + ct_len                 # the ICV as received
+    if k.kind == KIND_GCM:              # (GCM needs no iv, icv, auth_len)
         memcpy(j.nonce, k.salt, 4)
-        memcpy(j.nonce + 4, j.iv, 8)
+        memcpy(j.nonce + 4, esp + 8, 8)
         if esn:
             memcpy(j.aad_buf, esp, 4)
             fp_st_be32(j.aad_buf + 4, <uint32_t>(seq >> 32))
@@ -187,7 +200,11 @@ cdef inline void esp_frame_in(fp_job *j, fp_keys *k, uint8_t *esp, int32_t ct_le
         else:
             j.aad = esp
             j.aad_len = 8
-    elif esn:
+        return
+    j.iv = esp + 8
+    j.icv = j.ct + ct_len
+    j.auth_len = 8 + k.iv_len + ct_len
+    if esn:
         memcpy(j.rx_icv, j.icv, k.icv_len)
         j.rx = j.rx_icv
         fp_st_be32(j.icv, <uint32_t>(seq >> 32))

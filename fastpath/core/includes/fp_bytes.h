@@ -6,9 +6,25 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline void fp_st_be32(uint8_t *p, uint32_t v) { v = __builtin_bswap32(v); memcpy(p, &v, 4); }
-static inline void fp_st_be64(uint8_t *p, uint64_t v) { v = __builtin_bswap64(v); memcpy(p, &v, 8); }
-static inline uint32_t fp_ld_be32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v); }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define FP_BE16(x) ((uint16_t)(x))
+#define FP_BE32(x) ((uint32_t)(x))
+#define FP_BE64(x) ((uint64_t)(x))
+#else
+#define FP_BE16(x) __builtin_bswap16((uint16_t)(x))
+#define FP_BE32(x) __builtin_bswap32((uint32_t)(x))
+#define FP_BE64(x) __builtin_bswap64((uint64_t)(x))
+#endif
+
+static inline void fp_st_be16(uint8_t *p, uint32_t v) { uint16_t w = FP_BE16(v); memcpy(p, &w, 2); }
+static inline void fp_st_be32(uint8_t *p, uint32_t v) { v = FP_BE32(v); memcpy(p, &v, 4); }
+static inline void fp_st_be64(uint8_t *p, uint64_t v) { v = FP_BE64(v); memcpy(p, &v, 8); }
+static inline uint32_t fp_ld_be32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return FP_BE32(v); }
+/* ESP header: SPI and the low half of the sequence number, in one store. */
+static inline void fp_st_esp_hdr(uint8_t *p, uint32_t spi, uint32_t seq) {
+    uint32_t w[2] = { FP_BE32(spi), FP_BE32(seq) };
+    memcpy(p, w, 8);
+}
 static inline uint64_t fp_ld_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 /* Two 8-byte halves of a 16-byte address, equal to (hi, lo)? */
 static inline int fp_eq128(const uint8_t *p, uint64_t hi, uint64_t lo) {

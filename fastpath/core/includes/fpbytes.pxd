@@ -3,6 +3,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 
 cdef extern from "fp_bytes.h" nogil:
     void fp_st_be32(uint8_t *p, uint32_t v)
+    void fp_st_be16(uint8_t *p, uint32_t v)
+    void fp_st_esp_hdr(uint8_t *p, uint32_t spi, uint32_t seq)
     void fp_st_be64(uint8_t *p, uint64_t v)
     uint32_t fp_ld_be32(const uint8_t *p)
     uint64_t fp_ld_u64(const uint8_t *p)
