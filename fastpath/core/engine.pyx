@@ -13,11 +13,12 @@ from libc.string cimport memcpy, memmove, memcmp, memset
 
 from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM
 from fastpath.core.esp cimport (fp_job, fp_keys, CryptoWorker, KIND_GCM, KIND_CBC_HMAC,
-                                esp_frame_out, esp_frame_in, esp_ct_len, esp_trailer)
+                                esp_frame_out, esp_frame_gcm, esp_frame_in, esp_ct_len,
+                                esp_trailer)
 from fastpath.core.sad cimport *
 from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit_locked
 from fastpath.core.includes.atomic cimport *
-from fastpath.core.includes.fpbytes cimport fp_ld_u64, fp_ld_be32, fp_eq128, fp_copy40
+from fastpath.core.includes.fpbytes cimport fp_ld_u64, fp_ld_be32, fp_eq128, fp_copy40, fp_st_be16
 from fastpath.core.includes.openssl cimport RAND_bytes
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -336,177 +337,291 @@ cdef class Engine:
         reserve sequence numbers (one atomic per SA, not per packet), frame and
         seal. Consecutive packets to one mobile node (a run) share its lookup,
         its endpoint read and its SA's parameters; counters are added once per
-        run of packets of one SA."""
-        cdef fp_sad *t = self.t
+        SA."""
+        cdef fp_out_state st
+        cdef fp_seq_run *rn
+        cdef uint64_t got
+        cdef int r
+        st.cached = False
+        st.fast = False
+        st.cur = -2
+        st.run = -1
+        st.nruns = 0
+        st.nj = 0
+        # Every packet leaves with TO_WIRE unless a drop (or PTB) says otherwise.
+        memset(b.c_verdict, V_TO_WIRE, b.count)
+        memset(b.c_reason, R_NONE, b.count)
+        # 1. classify
+        self._classify_out(b, &st)
+        if st.nj == 0:
+            return
+        # 2. reserve sequence numbers: unique and gap-free across workers
+        for r in range(st.nruns):
+            rn = &st.runs[r]
+            rn.next = fp_next_seqs(&self.t.hot[rn.sa].seq, fp_load_u64(&self.t.hot[rn.sa].seq_limit),
+                                   rn.want, &got)
+            rn.end = rn.next + got
+            rn.pk = 0
+            rn.by = 0
+        # 3. frame (dropping what got no number), seal, count
+        self._frame_out(b, &st)
+
+    cdef void _classify_out(self, Batch b, fp_out_state *st) noexcept nogil:
+        """Pass 1: one job per packet to seal. The common packet - to the same
+        mobile node as the one before, on its payload SA, fitting the MTU -
+        takes a few compares; every other goes through _classify_one()."""
         cdef fp_job *jobs = self.jobs
-        cdef uint8_t *data = b.c_data
         cdef int32_t *c_off = b.c_off
         cdef int32_t *c_len = b.c_len
+        cdef uint8_t *slot = b.c_data
         cdef Py_ssize_t ss = b.slot_size
         cdef int64_t lim = b.slot_size - TAILROOM
+        cdef int dst = 24 if self.t.role == ROLE_HA else 8
+        cdef int i, nj = st.nj
+        cdef int32_t n, off
+        cdef uint8_t *p
+        cdef fp_job *j
+        # the fast path's state, in registers; copied back and forth around
+        # _classify_one (want: fast packets not yet added to the run)
+        cdef bint fast = False
+        cdef int32_t fit = 0, s = -1, run = -1
+        cdef uint64_t hi = 0, lo = 0
+        cdef uint32_t want = 0
+        for i in range(b.count):
+            # offsets/lengths are numpy arrays Python can write: never trust them.
+            off = c_off[i]
+            n = c_len[i]
+            p = slot + off
+            slot += ss
+            if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
+            if fast and n <= fit and fp_eq128(p + dst, hi, lo):
+                j = &jobs[nj]
+                nj += 1
+                j.slot = i
+                j.sa = s
+                j.plen = n
+                j.ct = p
+                j.run = run
+                want += 1
+                continue
+            if want:
+                st.runs[run].want += want
+                want = 0
+            st.nj = nj
+            self._classify_one(b, i, p, n, st)
+            nj = st.nj
+            fast = st.fast
+            fit = st.fit
+            s = st.cur
+            run = st.run
+            hi = st.hi
+            lo = st.lo
+        if want:
+            st.runs[run].want += want
+        st.nj = nj
+
+    cdef void _classify_one(self, Batch b, int i, uint8_t *p, int32_t n,
+                            fp_out_state *st) noexcept nogil:
+        """Pass 1 for one well-formed packet, every case: lookup (cached for
+        the packets after it), SA choice, MTU, plain IPv6-in-IPv6."""
+        cdef fp_sad *t = self.t
         cdef bint ha = t.role == ROLE_HA
-        cdef int dst = 24 if ha else 8
-        cdef uint8_t mh_type = 3 if ha else 1
-        cdef int32_t mtu = <int32_t>t.mtu
-        cdef int i, k, r, nj = 0, nruns = 0, w, run = -1
-        cdef int32_t n, off, m, e = -1, s, pay = -1, rr = -1, fit = 0, cur = -2, esp_len, hl = 0
-        cdef uint64_t hoa_hi = 0, hoa_lo = 0, x_hi, x_lo, seq, got
-        cdef bint cached = False, esn = False
+        cdef const uint8_t *a = p + (24 if ha else 8)
+        cdef int32_t m, s, r
+        cdef fp_keys *kk
+        cdef fp_mn *mn
+        cdef fp_job *j
+        cdef uint8_t *outer
+        if not st.cached or not fp_eq128(a, st.hi, st.lo):
+            st.fast = False
+            m = sad_find_mn(t, a)
+            if m < 0:
+                st.cached = False
+                self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+                return
+            mn = &t.mns[m]
+            # One endpoint read per run of this mobile node within the batch:
+            # old or new record, never torn, and it stays valid until the
+            # batch ends (grace period).
+            st.e = fp_load_acq_i32(&mn.ep)
+            st.pay = mn.sa[PURPOSE_PAYLOAD][DIR_OUT]
+            st.rr = mn.sa[PURPOSE_RR][DIR_OUT]
+            st.hi = fp_ld_u64(a)
+            st.lo = fp_ld_u64(a + 8)
+            st.cached = True
+            st.cur = -2
+        if st.e < 0:
+            self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+            return
+        s = st.pay
+        if st.rr >= 0 and is_mh_type(p, n, 3 if ha else 1):
+            s = st.rr
+        if s != st.cur:
+            # Per SA: the largest inner packet that fits the MTU (the same
+            # decision as comparing the outer length), and its reservation.
+            st.cur = s
+            st.run = -1
+            if s < 0:
+                st.fit = <int32_t>t.mtu - 40
+            else:
+                kk = t.sas[s].keys
+                st.fit = ((<int32_t>t.mtu - 48 - kk.iv_len - kk.icv_len) & ~(kk.align - 1)) - 2
+                for r in range(st.nruns):
+                    if st.runs[r].sa == s:
+                        st.run = r
+                        break
+                if st.run < 0 and st.nruns < SEQ_RUNS:
+                    st.run = st.nruns
+                    st.runs[st.run].sa = s
+                    st.runs[st.run].ep = st.e
+                    st.runs[st.run].want = 0
+                    st.nruns += 1
+        st.fast = st.rr < 0 and s >= 0 and st.run >= 0
+        # A packet of up to 1280 bytes is tunnelled even when it does not fit:
+        # its outer packet leaves fragmented (RFC 2473 §7.1; the worker
+        # fragments).
+        if n > st.fit and n > 1280:
+            self._too_big(b, i, p, n, s, st.fit)
+            return
+        if s < 0:
+            # Plain IPv6-in-IPv6 (RFC 2473).
+            outer = p - 40
+            fp_copy40(outer, t.eps[st.e].hdr)
+            wr16(outer + 4, n)
+            outer[6] = 41
+            b.c_off[i] -= 40
+            b.c_len[i] = n + 40
+            self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
+            return
+        j = &self.jobs[st.nj]
+        st.nj += 1
+        j.slot = i
+        j.sa = s
+        j.ep = st.e
+        j.plen = n
+        j.ct = p
+        j.run = st.run
+        if st.run >= 0:
+            st.runs[st.run].want += 1
+
+    cdef void _frame_out(self, Batch b, fp_out_state *st) noexcept nogil:
+        """Pass 3: sequence number, ESP framing and outer header for every
+        job, then seal and count. The parameters of the current reservation
+        run (SA, keys, outer header template) are held across its packets."""
+        cdef fp_sad *t = self.t
+        cdef fp_job *jobs = self.jobs
+        cdef int32_t *c_off = b.c_off
+        cdef int32_t *c_len = b.c_len
+        cdef int32_t *c_sa = b.c_sa
+        cdef bint fixed = self.fixed_ivs, per_packet = False, esn = False
+        cdef int k, r, w = 0, cur = -1, kind = 0, nj = st.nj
+        cdef int32_t i, s, hl = 0, esp_len
         cdef uint32_t spi = 0
+        cdef uint64_t seq, nxt = 0, end = 0, pk = 0, by = 0
         cdef uint8_t *p
         cdef uint8_t *outer
         cdef const uint8_t *ivp
         cdef fp_sa *sa
         cdef fp_keys *kk = NULL
         cdef fp_job *j
-        cdef fp_mn *mn
         cdef fp_seq_run *rn
-        cdef fp_seq_run runs[SEQ_RUNS]
-        # 1. classify
-        for i in range(b.count):
-            # offsets/lengths are numpy arrays Python can write: never trust them.
-            off = c_off[i]
-            n = c_len[i]
-            if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                continue
-            p = data + <Py_ssize_t>i * ss + off
-            if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                continue
-            # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
-            x_hi = fp_ld_u64(p + dst)
-            x_lo = fp_ld_u64(p + dst + 8)
-            if not cached or x_hi != hoa_hi or x_lo != hoa_lo:
-                m = sad_find_mn(t, p + dst)
-                if m < 0:
-                    cached = False
-                    self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
-                    continue
-                mn = &t.mns[m]
-                # One endpoint read per run of this mobile node within the
-                # batch: old or new record, never torn, and it stays valid
-                # until the batch ends (grace period).
-                e = fp_load_acq_i32(&mn.ep)
-                pay = mn.sa[PURPOSE_PAYLOAD][DIR_OUT]
-                rr = mn.sa[PURPOSE_RR][DIR_OUT]
-                hoa_hi = x_hi
-                hoa_lo = x_lo
-                cached = True
-                cur = -2
-            if e < 0:
-                self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
-                continue
-            s = pay
-            if rr >= 0 and is_mh_type(p, n, mh_type):
-                s = rr
-            if s != cur:
-                # Per SA: the largest inner packet that fits the MTU, and its
-                # sequence-number reservation.
-                cur = s
-                run = -1
-                if s < 0:
-                    fit = mtu - 40
-                else:
-                    kk = t.sas[s].keys
-                    fit = ((mtu - 48 - kk.iv_len - kk.icv_len) & ~(kk.align - 1)) - 2
-                    for r in range(nruns):
-                        if runs[r].sa == s:
-                            run = r
-                            break
-                    if run < 0 and nruns < SEQ_RUNS:
-                        run = nruns
-                        runs[run].sa = s
-                        runs[run].want = 0
-                        nruns += 1
-            # A packet of up to 1280 bytes is tunnelled even when it does not
-            # fit: its outer packet leaves fragmented (RFC 2473 §7.1; the
-            # worker fragments).
-            if n > fit and n > 1280:
-                self._too_big(b, i, p, n, s, fit)
-                continue
-            if s < 0:
-                # Plain IPv6-in-IPv6 (RFC 2473).
-                outer = p - 40
-                fp_copy40(outer, t.eps[e].hdr)
-                wr16(outer + 4, n)
-                outer[6] = 41
-                c_off[i] = off - 40
-                c_len[i] = n + 40
-                self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
-                continue
-            j = &jobs[nj]
-            nj += 1
-            j.slot = i
-            j.sa = s
-            j.ep = e
-            j.plen = n
-            j.ct = p
-            j.run = run
-            if run >= 0:
-                runs[run].want += 1
-        if nj == 0:
-            return
-        # 2. reserve sequence numbers: unique and gap-free across workers
-        for r in range(nruns):
-            runs[r].next = fp_next_seqs(&t.hot[runs[r].sa].seq,
-                                        fp_load_u64(&t.hot[runs[r].sa].seq_limit),
-                                        runs[r].want, &got)
-            runs[r].end = runs[r].next + got
-        # 3. frame (dropping what got no number), then seal
-        w = 0
-        cur = -1
+        cdef const uint8_t *tmpl = NULL     # the run's outer header template
         for k in range(nj):
             j = &jobs[k]
-            s = j.sa
             i = j.slot
-            if j.run >= 0:
-                rn = &runs[j.run]
-                seq = rn.next
-                if seq == rn.end:
-                    seq = 0
-                else:
-                    rn.next = seq + 1
+            r = j.run
+            if r == cur and nxt != end:
+                seq = nxt                        # the run's next reserved number
+                nxt += 1
+                pk += 1
+                by += <uint64_t>j.plen
             else:
-                seq = fp_next_seq(&t.hot[s].seq, fp_load_u64(&t.hot[s].seq_limit))
-            if seq == 0:
-                self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
-                continue
-            if w != k:
-                jobs[w].slot = i
-                jobs[w].sa = s
-                jobs[w].ep = j.ep
-                jobs[w].plen = j.plen
-                jobs[w].ct = j.ct
-                j = &jobs[w]
-            w += 1
-            if s != cur:
-                cur = s
+                if cur >= 0:                     # leaving a run: keep where it stands
+                    rn = &st.runs[cur]
+                    rn.next = nxt
+                    rn.pk = pk
+                    rn.by = by
+                s = j.sa
+                if r >= 0:
+                    rn = &st.runs[r]
+                    nxt = rn.next
+                    end = rn.end
+                    pk = rn.pk
+                    by = rn.by
+                    seq = 0
+                    if nxt != end:
+                        seq = nxt
+                        nxt += 1
+                        pk += 1
+                        by += <uint64_t>j.plen
+                    tmpl = t.eps[rn.ep].hdr
+                else:
+                    per_packet = True             # more SAs than reservations
+                    nxt = 0
+                    end = 0
+                    seq = fp_next_seq(&t.hot[s].seq, fp_load_u64(&t.hot[s].seq_limit))
+                    tmpl = t.eps[j.ep].hdr
+                cur = r
                 sa = &t.sas[s]
                 kk = sa.keys
                 spi = sa.spi
                 esn = sa.esn
                 hl = 8 + kk.iv_len
+                kind = kk.kind
+                if seq == 0:
+                    self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
+                    continue
+            if w != k:
+                jobs[w].slot = i
+                jobs[w].sa = j.sa
+                jobs[w].plen = j.plen
+                jobs[w].ct = j.ct
+                j = &jobs[w]
+            w += 1
             p = j.ct
-            ivp = NULL
-            if kk.kind == KIND_CBC_HMAC:
-                ivp = self._iv(b, i)
-            elif self.fixed_ivs and kk.kind == KIND_GCM:
-                ivp = b.c_iv + i * 16           # tests: a published vector's explicit IV
-            esp_len = esp_frame_out(j, kk, p, j.plen, spi, seq, esn, 41, ivp)
+            if kind == KIND_GCM:
+                esp_len = esp_frame_gcm(j, kk, p, j.plen, spi, seq, esn, 41,
+                                        b.c_iv + i * 16 if fixed else NULL)
+            else:
+                ivp = NULL
+                if kind == KIND_CBC_HMAC:
+                    ivp = self._iv(b, i)
+                esp_len = esp_frame_out(j, kk, p, j.plen, spi, seq, esn, 41, ivp)
             outer = p - hl - 40
-            fp_copy40(outer, t.eps[j.ep].hdr)
-            wr16(outer + 4, esp_len)
+            fp_copy40(outer, tmpl)
+            fp_st_be16(outer + 4, esp_len)
             outer[6] = 50
             c_off[i] -= 40 + hl
             c_len[i] = 40 + esp_len
+            c_sa[i] = j.sa                      # (verdict TO_WIRE: set for the batch)
+        if cur >= 0:
+            rn = &st.runs[cur]
+            rn.next = nxt
+            rn.pk = pk
+            rn.by = by
         if w == 0:
             return
-        self.crypto.seal(jobs, w)
-        self._count_out(b, w)
+        if self.crypto.seal(jobs, w) != 0 or per_packet:
+            self._count_out(b, w)
+            return
+        # Every packet sealed: SA counters once per reservation run.
+        for r in range(st.nruns):
+            rn = &st.runs[r]
+            if rn.pk:
+                fp_add_u64(&t.hot[rn.sa].packets, rn.pk)
+                fp_add_u64(&t.hot[rn.sa].bytes, rn.by)
+        self.verdicts[V_TO_WIRE] += w
 
     cdef void _count_out(self, Batch b, int nj) noexcept nogil:
-        """Verdicts and SA counters after sealing, one atomic add per run."""
+        """Verdicts and SA counters after sealing, one atomic add per run of
+        one SA: the slow path, when a seal failed or a batch spread over more
+        SAs than it reserved for."""
         cdef int k, ok = 0
         cdef int32_t cur = -1, i
         cdef uint64_t pk = 0, by = 0
@@ -542,146 +657,256 @@ cdef class Engine:
 
     # -- inbound ----------------------------------------------------------------
     cdef void _decap(self, Batch b) noexcept nogil:
-        cdef fp_sad *t = self.t
+        """Classify and pre-check every packet (the window as it stood when
+        the batch began), open the ESP ones as a batch, then finish them in
+        packet order under their SA's replay lock (one lock and one counter
+        update per run of one SA)."""
+        cdef fp_in_state st
+        cdef int nj
+        self.n_bindings = 0
+        st.s = -1
+        st.spi = 0
+        st.nj = 0
+        # Every packet goes home unless a drop, punt or binding says otherwise.
+        memset(b.c_verdict, V_TO_HOME, b.count)
+        memset(b.c_reason, R_NONE, b.count)
+        self._classify_in(b, &st)
+        nj = st.nj
+        if nj == 0:
+            return
+        self.crypto.open(self.jobs, nj)
+        self._finish_in(b, nj)
+
+    cdef void _classify_in(self, Batch b, fp_in_state *st) noexcept nogil:
+        """Pass 1. The common packet - IPv6 then ESP, on the same SA as the
+        packet before, no ESN - takes a few compares; every other goes
+        through _classify_in_one()."""
         cdef fp_job *jobs = self.jobs
-        cdef uint8_t *data = b.c_data
         cdef int32_t *c_off = b.c_off
         cdef int32_t *c_len = b.c_len
+        cdef uint8_t *slot = b.c_data
         cdef Py_ssize_t ss = b.slot_size
         cdef int64_t lim = b.slot_size - TAILROOM
-        cdef bint ha = t.role == ROLE_HA
-        cdef int i, k, cnt, nj = 0
-        cdef int32_t n, off, hl, o, ol, nh_pos, s = -1, ct_len, esp_len, cur
-        cdef uint32_t spi, last_spi = 0
-        cdef uint8_t nh
+        cdef int i, nj = st.nj
+        cdef int32_t n, off, ct_len
         cdef uint8_t *p
-        cdef const uint8_t *hoa
-        cdef const uint8_t *rh2
+        cdef fp_job *j
+        cdef uint64_t seq
+        # the fast path's SA, in registers (fast: an SA without ESN)
+        cdef bint fast = False
+        cdef uint32_t spi = 0
+        cdef int32_t s = -1, ovh = 0, amask = 0
         cdef fp_sa *sa = NULL
         cdef fp_keys *kk = NULL
         cdef fp_sa_hot *hot = NULL
-        cdef fp_job *j
-        cdef uint64_t seq, T
-        cdef bint bad
-        self.n_bindings = 0
         for i in range(b.count):
             # offsets/lengths are numpy arrays Python can write: never trust them.
             off = c_off[i]
             n = c_len[i]
+            p = slot + off
+            slot += ss
             if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
                 self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                 continue
-            p = data + <Py_ssize_t>i * ss + off
             if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
                 self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                 continue
-            # Walk the extension chain: hop-by-hop, routing, destination options.
-            nh = p[6]
-            nh_pos = 6
-            off = 40
-            hoa = NULL
-            rh2 = NULL
-            bad = False
-            cnt = 0
-            while nh == 0 or nh == 43 or nh == 60:
-                if cnt == MAX_EXT_HEADERS or off + 8 > n:
-                    bad = True
-                    break
-                hl = (<int32_t>p[off + 1] + 1) * 8
-                if off + hl > n:
-                    bad = True
-                    break
-                if nh == 43 and p[off + 2] == 2 and hl == 24:
-                    rh2 = p + off + 8         # Type 2 Routing Header (RFC 6275 §6.4)
-                if nh == 60:
-                    o = off + 2
-                    while o < off + hl:
-                        if p[o] == 0:          # Pad1
-                            o += 1
-                            continue
-                        if o + 2 > off + hl:
-                            bad = True
-                            break
-                        ol = p[o + 1]
-                        if o + 2 + ol > off + hl:
-                            bad = True
-                            break
-                        if p[o] == 201 and ol == 16:
-                            hoa = p + o + 2   # Home Address option (RFC 6275 §6.3)
-                        o += 2 + ol
-                    if bad:
-                        break
-                nh_pos = off
-                nh = p[off]
-                off += hl
-                cnt += 1
-            if bad:
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                continue
-            if nh == 50:
-                esp_len = n - off
-                if esp_len < 8:
-                    self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+            if fast and p[6] == 50 and n >= 48 and fp_ld_be32(p + 40) == spi:
+                ct_len = n - ovh
+                seq = fp_ld_be32(p + 44)
+                if (ct_len >= 2 and (ct_len & amask) == 0
+                        and replay_fresh(sa, fp_load_u64(&hot.seq), seq)):
+                    j = &jobs[nj]
+                    nj += 1
+                    j.slot = i
+                    j.sa = s                     # tunnel mode: no esp_off, nh_pos, hoa
+                    esp_frame_in(j, kk, p + 40, ct_len, seq, False)
                     continue
-                # Consecutive packets of one SA (a run) share its lookup.
-                spi = fp_ld_be32(p + off)
-                if spi != last_spi or s < 0:
-                    s = sad_find_spi(t, spi)
-                    if s < 0:
-                        self._verdict(b, i, V_DROP, R_UNKNOWN_SPI, -1)
+            st.nj = nj
+            self._classify_in_one(b, i, p, n, st)
+            nj = st.nj
+            s = st.s
+            if s >= 0:
+                spi = st.spi
+                sa = &self.t.sas[s]
+                kk = sa.keys
+                hot = &self.t.hot[s]
+                fast = not sa.esn and sa.mode == MODE_TUNNEL
+                ovh = 48 + kk.iv_len + kk.icv_len
+                amask = kk.align - 1
+            else:
+                fast = False
+        st.nj = nj
+
+    cdef void _classify_in_one(self, Batch b, int i, uint8_t *p, int32_t n,
+                               fp_in_state *st) noexcept nogil:
+        """Pass 1 for one well-formed packet, every case: the extension
+        header chain, ESP (SPI lookup, cached for the packets after it),
+        plain IPv6-in-IPv6, or a punt."""
+        cdef fp_sad *t = self.t
+        cdef int cnt = 0
+        cdef int32_t off = 40, hl, o, ol, nh_pos = 6, s, ct_len, esp_len
+        cdef uint32_t spi
+        cdef uint8_t nh = p[6]
+        cdef const uint8_t *hoa = NULL
+        cdef const uint8_t *rh2 = NULL
+        cdef fp_sa *sa
+        cdef fp_job *j
+        cdef uint64_t seq, T
+        cdef bint bad = False
+        # Walk the extension chain: hop-by-hop, routing, destination options.
+        while nh == 0 or nh == 43 or nh == 60:
+            if cnt == MAX_EXT_HEADERS or off + 8 > n:
+                bad = True
+                break
+            hl = (<int32_t>p[off + 1] + 1) * 8
+            if off + hl > n:
+                bad = True
+                break
+            if nh == 43 and p[off + 2] == 2 and hl == 24:
+                rh2 = p + off + 8         # Type 2 Routing Header (RFC 6275 §6.4)
+            if nh == 60:
+                o = off + 2
+                while o < off + hl:
+                    if p[o] == 0:          # Pad1
+                        o += 1
                         continue
-                    last_spi = spi
-                    sa = &t.sas[s]
-                    kk = sa.keys
-                    hot = &t.hot[s]
-                ct_len = esp_ct_len(kk, esp_len)
-                if ct_len < 0:
-                    self._verdict(b, i, V_DROP, R_MALFORMED, s)
-                    continue
-                T = fp_load_u64(&hot.seq)
-                if sa.esn:
-                    seq = esn_infer(T, fp_ld_be32(p + off + 4), sa.window)
-                else:
-                    seq = fp_ld_be32(p + off + 4)
-                if not replay_fresh(sa, T, seq):
-                    self._verdict(b, i, V_DROP, R_REPLAY, s)
-                    continue
-                j = &jobs[nj]
-                nj += 1
-                j.slot = i
-                j.sa = s
-                j.esp_off = off
-                j.nh_pos = nh_pos
-                j.hoa = hoa if ha else rh2
-                esp_frame_in(j, kk, p + off, ct_len, seq, sa.esn)
-                continue
-            if nh == 41:
-                self._plain(b, i, p, n, off)
-                continue
+                    if o + 2 > off + hl:
+                        bad = True
+                        break
+                    ol = p[o + 1]
+                    if o + 2 + ol > off + hl:
+                        bad = True
+                        break
+                    if p[o] == 201 and ol == 16:
+                        hoa = p + o + 2   # Home Address option (RFC 6275 §6.3)
+                    o += 2 + ol
+                if bad:
+                    break
+            nh_pos = off
+            nh = p[off]
+            off += hl
+            cnt += 1
+        if bad:
+            self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+            return
+        if nh == 41:
+            self._plain(b, i, p, n, off)
+            return
+        if nh != 50:
             # Fragments, Mobility Header in the clear, ICMPv6, ...: control plane.
             self._verdict(b, i, V_PUNT, R_NONE, -1)
-        if nj == 0:
             return
-        self.crypto.open(jobs, nj)
-        # Runs of one SA take its replay lock and update its counters once.
-        cur = jobs[0].sa
-        fp_spin_lock(&t.hot[cur].lock)
+        esp_len = n - off
+        if esp_len < 8:
+            self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+            return
+        # Consecutive packets of one SA (a run) share its lookup.
+        spi = fp_ld_be32(p + off)
+        s = st.s
+        if spi != st.spi or s < 0:
+            s = sad_find_spi(t, spi)
+            st.s = s
+            st.spi = spi
+            if s < 0:
+                self._verdict(b, i, V_DROP, R_UNKNOWN_SPI, -1)
+                return
+        sa = &t.sas[s]
+        ct_len = esp_ct_len(sa.keys, esp_len)
+        if ct_len < 0:
+            self._verdict(b, i, V_DROP, R_MALFORMED, s)
+            return
+        T = fp_load_u64(&t.hot[s].seq)
+        if sa.esn:
+            seq = esn_infer(T, fp_ld_be32(p + off + 4), sa.window)
+        else:
+            seq = fp_ld_be32(p + off + 4)
+        if not replay_fresh(sa, T, seq):
+            self._verdict(b, i, V_DROP, R_REPLAY, s)
+            return
+        j = &self.jobs[st.nj]
+        st.nj += 1
+        j.slot = i
+        j.sa = s
+        j.esp_off = off
+        j.nh_pos = nh_pos
+        j.hoa = hoa if t.role == ROLE_HA else rh2
+        esp_frame_in(j, sa.keys, p + off, ct_len, seq, sa.esn)
+
+    cdef void _finish_in(self, Batch b, int nj) noexcept nogil:
+        """Pass 3, in packet order: ICV verdict, padding, replay commit, inner
+        packet checks. Runs of one SA take its replay lock once and add to its
+        counters once."""
+        cdef fp_sad *t = self.t
+        cdef fp_job *jobs = self.jobs
+        cdef int32_t *c_off = b.c_off
+        cdef int32_t *c_len = b.c_len
+        cdef int32_t *c_sa = b.c_sa
+        cdef uint8_t *data = b.c_data
+        cdef Py_ssize_t ss = b.slot_size
+        cdef int src = 8 if t.role == ROLE_HA else 24
+        cdef int k, i, ok = 0
+        cdef int32_t s, cur = -1, plen
+        cdef uint8_t nxt
+        cdef uint64_t pk = 0, by = 0, hi = 0, lo = 0
+        cdef fp_sa *sa = NULL
+        cdef fp_sa_hot *hot = NULL
+        cdef fp_job *j
         for k in range(nj):
             j = &jobs[k]
-            if j.sa != cur:
-                self._end_run(cur)
-                cur = j.sa
-                fp_spin_lock(&t.hot[cur].lock)
-            self._finish_open(b, j)
-        self._end_run(cur)
-
-    cdef void _end_run(self, int32_t s) noexcept nogil:
-        fp_spin_unlock(&self.t.hot[s].lock)
-        if self.run_packets:
-            fp_add_u64(&self.t.hot[s].packets, self.run_packets)
-            fp_add_u64(&self.t.hot[s].bytes, self.run_bytes)
-        self.run_packets = 0
-        self.run_bytes = 0
+            s = j.sa
+            if s != cur:
+                if cur >= 0:
+                    fp_spin_unlock(&hot.lock)
+                    if pk:
+                        fp_add_u64(&hot.packets, pk)
+                        fp_add_u64(&hot.bytes, by)
+                cur = s
+                sa = &t.sas[s]
+                hot = &t.hot[s]
+                hi = fp_ld_u64(sa.hoa)
+                lo = fp_ld_u64(sa.hoa + 8)
+                pk = 0
+                by = 0
+                fp_spin_lock(&hot.lock)
+            i = j.slot
+            if not j.ok:
+                self._verdict(b, i, V_DROP, R_ICV, s)
+                continue
+            plen = esp_trailer(j, &nxt)
+            if plen < 0:
+                self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
+                continue
+            if not replay_commit_locked(sa, hot, j.seq):
+                self._verdict(b, i, V_DROP, R_REPLAY, s)
+                continue
+            if nxt == 59:
+                self._verdict(b, i, V_DROP, R_DUMMY, s)
+                continue
+            if sa.mode != MODE_TUNNEL:
+                plen = self._finish_transport(b, j, sa, plen, nxt)
+                if plen >= 0:
+                    pk += 1
+                    by += <uint64_t>plen
+                continue
+            if nxt != 41 or not ipv6_ok(j.ct, plen):
+                self._verdict(b, i, V_DROP, R_MALFORMED, s)
+                continue
+            # RFC 4301 inbound selector: HA: from the HoA; MN: to the HoA.
+            if not fp_eq128(j.ct + src, hi, lo):
+                self._verdict(b, i, V_DROP, R_POLICY, s)
+                continue
+            c_off[i] = <int32_t>(j.ct - (data + <Py_ssize_t>i * ss))
+            c_len[i] = plen
+            c_sa[i] = s                         # (verdict TO_HOME: set for the batch)
+            ok += 1
+            pk += 1
+            by += <uint64_t>plen
+        fp_spin_unlock(&hot.lock)
+        if pk:
+            fp_add_u64(&hot.packets, pk)
+            fp_add_u64(&hot.bytes, by)
+        self.verdicts[V_TO_HOME] += ok
 
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil:
         # IPv6-in-IPv6 without ESP: the outer source must be the registered CoA
@@ -713,59 +938,30 @@ cdef class Engine:
         b.c_len[i] = n - off
         self._verdict(b, i, V_TO_HOME, R_NONE, -1)
 
-    cdef void _finish_open(self, Batch b, fp_job *j) noexcept nogil:
+    cdef int32_t _finish_transport(self, Batch b, fp_job *j, fp_sa *sa, int32_t plen,
+                                   uint8_t nxt) noexcept nogil:
+        """_finish_in() for a transport-mode SA (a BU at the HA, a BA at the
+        MN): the packet with ESP removed goes to the control plane. Returns
+        the bytes counted, or -1 when it was dropped."""
         cdef int i = j.slot
         cdef int32_t s = j.sa
-        cdef fp_sa *sa = &self.t.sas[s]
-        cdef int32_t plen, hl, newlen
-        cdef uint8_t nxt
+        cdef int32_t hl, newlen
         cdef uint8_t *p
         cdef uint8_t *q
         cdef fp_binding_rec *r
-        if not j.ok:
-            self._verdict(b, i, V_DROP, R_ICV, s)
-            return
-        plen = esp_trailer(j, &nxt)
-        if plen < 0:
-            self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
-            return
-        if not replay_commit_locked(sa, &self.t.hot[s], j.seq):
-            self._verdict(b, i, V_DROP, R_REPLAY, s)
-            return
-        if nxt == 59:
-            self._verdict(b, i, V_DROP, R_DUMMY, s)
-            return
-        if sa.mode == MODE_TUNNEL:
-            if nxt != 41 or not ipv6_ok(j.ct, plen):
-                self._verdict(b, i, V_DROP, R_MALFORMED, s)
-                return
-            # RFC 4301 inbound selector: HA: from the HoA; MN: to the HoA.
-            if not fp_eq128(j.ct + (8 if self.t.role == ROLE_HA else 24),
-                            fp_ld_u64(sa.hoa), fp_ld_u64(sa.hoa + 8)):
-                self._verdict(b, i, V_DROP, R_POLICY, s)
-                return
-            b.c_off[i] = <int32_t>(j.ct - (b.c_data + <Py_ssize_t>i * b.slot_size))
-            b.c_len[i] = plen
-            b.c_verdict[i] = V_TO_HOME
-            b.c_reason[i] = R_NONE
-            b.c_sa[i] = s
-            self.verdicts[V_TO_HOME] += 1
-            self.run_packets += 1
-            self.run_bytes += <uint64_t>plen
-            return
         # Transport mode (binding SA): the HAO (at the HA; the Type 2 Routing
         # Header at the MN) must name this SA's mobile node.
         if j.hoa == NULL or memcmp(j.hoa, sa.hoa, 16) != 0:
             self._verdict(b, i, V_DROP, R_POLICY, s)
-            return
+            return -1
         if nxt != 135:
             self._verdict(b, i, V_DROP, R_MALFORMED, s)
-            return
+            return -1
         hl = 8 + sa.keys.iv_len
         newlen = j.esp_off + plen
         if newlen > BINDING_MAX:
             self._verdict(b, i, V_DROP, R_MALFORMED, s)
-            return
+            return -1
         # Remove ESP: slide the IPv6 header chain up against the payload.
         p = j.esp - j.esp_off
         q = p + hl
@@ -782,7 +978,5 @@ cdef class Engine:
         r.length = newlen
         r.mh_offset = j.esp_off
         memcpy(r.data, q, newlen)
-        self.run_packets += 1
-        self.run_bytes += <uint64_t>newlen
         self._verdict(b, i, V_BINDING, R_NONE, s)
-        return
+        return newlen
