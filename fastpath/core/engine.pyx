@@ -51,6 +51,19 @@ cdef inline uint16_t csum_fold(uint32_t sum) noexcept nogil:
     return <uint16_t>(~sum & 0xffff)
 
 
+cdef extern from "<stdlib.h>" nogil:
+    void *aligned_alloc(size_t alignment, size_t size)
+
+
+cdef fp_job *_jobs_alloc(int n) noexcept nogil:
+    """A zeroed job array on cache-line boundaries (a job is three lines)."""
+    cdef size_t sz = ((<size_t>(n if n > 0 else 1) * sizeof(fp_job)) + 63) & ~(<size_t>63)
+    cdef void *p = aligned_alloc(64, sz)
+    if p != NULL:
+        memset(p, 0, sz)
+    return <fp_job *>p
+
+
 cdef inline bint ipv6_ok(const uint8_t *p, int32_t n) noexcept nogil:
     """A whole IPv6 packet: version 6 and payload length matching."""
     return n >= 40 and (p[0] >> 4) == 6 and 40 + <int32_t>rd16(p + 4) == n
@@ -92,7 +105,7 @@ cdef class Engine:
         self.backend = backend
         self.crypto = CryptoWorker(sad.t.cap_sas, backend)
         self.max_jobs = max_batch
-        self.jobs = <fp_job *>calloc(max_batch, sizeof(fp_job))
+        self.jobs = _jobs_alloc(max_batch)
         self.bindings = <fp_binding_rec *>calloc(max_batch, sizeof(fp_binding_rec))
         self.rnd = <uint8_t *>malloc(RND_BYTES)
         if self.jobs == NULL or self.bindings == NULL or self.rnd == NULL:
@@ -116,7 +129,7 @@ cdef class Engine:
         if b.count > self.max_jobs:
             free(self.jobs)
             free(self.bindings)
-            self.jobs = <fp_job *>calloc(b.count, sizeof(fp_job))
+            self.jobs = _jobs_alloc(b.count)
             self.bindings = <fp_binding_rec *>calloc(b.count, sizeof(fp_binding_rec))
             if self.jobs == NULL or self.bindings == NULL:
                 self.max_jobs = 0
@@ -134,7 +147,7 @@ cdef class Engine:
         """End of a batch: the worker holds no endpoint any more. A worker
         calls it only once the batch's packets are written, so that no packet
         built before a swap can reach the wire after the Binding Ack."""
-        fp_epoch_bump(&self.t.epochs[self.worker].value)
+        fp_epoch_leave(&self.t.epochs[self.worker].value)
 
     cdef void run_encap(self, Batch b) noexcept nogil:
         """encap() for a caller without the GIL, inside its own
@@ -155,7 +168,7 @@ cdef class Engine:
         with nogil:
             fp_epoch_bump(&self.t.epochs[self.worker].value)
             self._encap(b)
-            fp_epoch_bump(&self.t.epochs[self.worker].value)
+            fp_epoch_leave(&self.t.epochs[self.worker].value)
 
     def decap(self, Batch b not None):
         """Open a batch read on the wire side. Sets verdicts in place; BINDING
@@ -164,7 +177,7 @@ cdef class Engine:
         with nogil:
             fp_epoch_bump(&self.t.epochs[self.worker].value)
             self._decap(b)
-            fp_epoch_bump(&self.t.epochs[self.worker].value)
+            fp_epoch_leave(&self.t.epochs[self.worker].value)
 
     def take_bindings(self):
         """The authenticated Mobility Headers of the last decap, as

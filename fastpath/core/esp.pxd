@@ -50,16 +50,16 @@ cdef struct fp_ossl:
     EVP_CIPHER_CTX *c
     uint8_t last[16]    # CBC: the context's running IV (last ciphertext block)
 
-# One packet's crypto work, filled by the framing stage of the engine. The
-# fields the crypto stage reads come first (two cache lines per job).
+# One packet's crypto work, filled by the framing stage of the engine: 192
+# bytes, three cache lines in a 64-byte aligned array. The fields the crypto
+# stage reads come first (encap GCM touches the first two lines only).
 cdef struct fp_job:
     fp_keys *keys
-    uint8_t *esp        # start of the ESP header: start of the ICV's coverage
+    uint8_t *esp        # start of the ESP header: start of the ICV's coverage (CBC IV at esp + 8)
     uint8_t *ct         # ciphertext (in place)
     uint8_t *icv        # where the ICV is / goes on the wire
-    uint8_t *iv         # CBC IV on the wire
-    const uint8_t *aad  # GCM AAD: the ESP header itself, or aad_buf with ESN
-    const uint8_t *rx   # decap: the ICV as received (in place, or rx_icv with ESN)
+    const uint8_t *aad  # GCM AAD: the ESP header itself, or scratch with ESN
+    const uint8_t *rx   # decap: the ICV as received (in place, or scratch with ESN)
     uint8_t *tag_out    # encap, HMAC: where the ICV is computed (icv, or tag with ESN)
     uint32_t ct_len
     uint32_t auth_len   # bytes the ICV covers from esp (includes ESN seq_hi)
@@ -76,9 +76,8 @@ cdef struct fp_job:
     int32_t nh_pos      # offset of the next-header byte that names ESP
     uint64_t seq        # decap
     const uint8_t *hoa  # Home Address option's address, if any
-    uint8_t aad_buf[12]
     uint8_t tag[32]     # ICV as computed (decap; encap with ESN)
-    uint8_t rx_icv[32]  # ICV as received, when ESN reuses its place for seq_hi
+    uint8_t scratch[32] # with ESN: the GCM AAD (12 bytes) / the HMAC ICV as received
 
 cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int align,
                    const uint8_t *enc_key, int enc_key_len, const uint8_t *auth_key,
@@ -129,9 +128,9 @@ cdef inline int32_t esp_frame_gcm(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
     memcpy(j.nonce, k.salt, 4)
     memcpy(j.nonce + 4, esp + 8, 8)
     if esn:
-        fp_st_be32(j.aad_buf, spi)
-        fp_st_be64(j.aad_buf + 4, seq)
-        j.aad = j.aad_buf
+        fp_st_be32(j.scratch, spi)
+        fp_st_be64(j.scratch + 4, seq)
+        j.aad = j.scratch
         j.aad_len = 12
     else:
         j.aad = esp                      # SPI | sequence number, as on the wire
@@ -157,7 +156,6 @@ cdef inline int32_t esp_frame_out(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
     j.ct_len = padded
     j.icv = p + padded
     j.esp = esp
-    j.iv = esp + 8
     j.tag_out = j.icv
     j.auth_len = hl + padded
     fp_st_esp_hdr(esp, spi, <uint32_t>seq)
@@ -192,21 +190,20 @@ cdef inline void esp_frame_in(fp_job *j, fp_keys *k, uint8_t *esp, int32_t ct_le
         memcpy(j.nonce, k.salt, 4)
         memcpy(j.nonce + 4, esp + 8, 8)
         if esn:
-            memcpy(j.aad_buf, esp, 4)
-            fp_st_be32(j.aad_buf + 4, <uint32_t>(seq >> 32))
-            memcpy(j.aad_buf + 8, esp + 4, 4)
-            j.aad = j.aad_buf
+            memcpy(j.scratch, esp, 4)
+            fp_st_be32(j.scratch + 4, <uint32_t>(seq >> 32))
+            memcpy(j.scratch + 8, esp + 4, 4)
+            j.aad = j.scratch
             j.aad_len = 12
         else:
             j.aad = esp
             j.aad_len = 8
         return
-    j.iv = esp + 8
     j.icv = j.ct + ct_len
     j.auth_len = 8 + k.iv_len + ct_len
     if esn:
-        memcpy(j.rx_icv, j.icv, k.icv_len)
-        j.rx = j.rx_icv
+        memcpy(j.scratch, j.icv, k.icv_len)
+        j.rx = j.scratch
         fp_st_be32(j.icv, <uint32_t>(seq >> 32))
         j.auth_len += 4
 

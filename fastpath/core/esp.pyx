@@ -233,7 +233,7 @@ cdef class CryptoWorker:
         cdef int x
         if enc:
             for x in range(16):
-                j.ct[x] ^= j.iv[x] ^ o.last[x]
+                j.ct[x] ^= j.esp[8 + x] ^ o.last[x]
             if EVP_Cipher(o.c, j.ct, j.ct, j.ct_len) != <int>j.ct_len:
                 EVP_CipherInit_ex2(o.c, NULL, NULL, _ZERO16, enc, NULL)
                 memset(o.last, 0, 16)
@@ -246,7 +246,7 @@ cdef class CryptoWorker:
             memset(o.last, 0, 16)
             return False
         for x in range(16):
-            j.ct[x] ^= j.iv[x] ^ o.last[x]
+            j.ct[x] ^= j.esp[8 + x] ^ o.last[x]
         memcpy(o.last, save, 16)
         return True
 
@@ -394,7 +394,7 @@ cdef class CryptoWorker:
             fp_mb_job_cbc_hmac(mj, encrypt, j.keys.hash == HASH_SHA256,
                                j.keys.mb_enc, j.keys.mb_dec, j.keys.enc_key_len if cbc else 0,
                                j.esp, <uint64_t>(j.ct - j.esp), j.ct_len, j.auth_len,
-                               j.iv, j.keys.mb_ipad, j.keys.mb_opad,
+                               j.esp + 8, j.keys.mb_ipad, j.keys.mb_opad,
                                j.tag_out if encrypt else j.tag, j.keys.icv_len, j)
             mj = fp_mb_submit(self.mb)
             while mj != NULL:
@@ -419,7 +419,7 @@ cdef class CryptoWorker:
             fp_mb_job_cbc_hmac(fp_mb_burst_at(self.burst, x), encrypt, k.hash == HASH_SHA256,
                                k.mb_enc, k.mb_dec, k.enc_key_len if cbc else 0,
                                j.esp, <uint64_t>(j.ct - j.esp), j.ct_len, j.auth_len,
-                               j.iv, k.mb_ipad, k.mb_opad, j.tag_out if encrypt else j.tag,
+                               j.esp + 8, k.mb_ipad, k.mb_opad, j.tag_out if encrypt else j.tag,
                                k.icv_len, j)
         if encrypt:        # encrypt, then MAC the ciphertext
             if cbc:
@@ -595,7 +595,7 @@ cdef class EspSA:
         else:
             self._bufs = [bytearray(64 + len(x) + 64) for x in payloads]
         free(self.jobs)
-        self.jobs = <fp_job *>calloc(n if n else 1, sizeof(fp_job))
+        self.jobs = <fp_job *>_aligned((n if n else 1) * sizeof(fp_job))
         self.n_jobs = n
         memset(iv, 7, 16)
         for i in range(n):
@@ -629,7 +629,7 @@ cdef class EspSA:
         pristine.load(packets)
         self._bufs = [batch, pristine]
         free(self.jobs)
-        self.jobs = <fp_job *>calloc(n if n else 1, sizeof(fp_job))
+        self.jobs = <fp_job *>_aligned((n if n else 1) * sizeof(fp_job))
         self.n_jobs = n
         for i in range(n):
             p = batch.c_data + <Py_ssize_t>i * batch.slot_size + batch.c_off[i] + esp_off
