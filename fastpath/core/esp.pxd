@@ -120,13 +120,14 @@ cdef inline int32_t esp_frame_gcm(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
     j.ct_len = padded
     j.icv = p + padded
     fp_st_esp_hdr(esp, spi, <uint32_t>seq)
+    memcpy(j.nonce, k.salt, 4)
     if iv != NULL:
         memcpy(esp + 8, iv, 8)
+        memcpy(j.nonce + 4, iv, 8)
     else:                                # explicit IV = sequence number: unique under the key
         fp_st_be64(esp + 8, seq)
+        fp_st_be64(j.nonce + 4, seq)
     fp_esp_trailer(p, n, padded - n - 2, next_header)     # padding 1, 2, 3, ...
-    memcpy(j.nonce, k.salt, 4)
-    memcpy(j.nonce + 4, esp + 8, 8)
     if esn:
         fp_st_be32(j.scratch, spi)
         fp_st_be64(j.scratch + 4, seq)

@@ -39,7 +39,30 @@ static const uint8_t fp_pad_seq[264] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 
  * pad length, next header. Writes 16 bytes from p + n (the slot's tailroom
  * holds them; bytes past the trailer are then overwritten by the ICV or
  * lie outside the packet). */
+/* The whole trailer for next header 41 (tunnel mode) in 16 bytes, one row per
+ * pad length 0..14 (pad 15 needs 17 bytes: the generic path). */
+static const uint8_t fp_trailer41[15][16] = {
+    { 0, 41, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 },
+    { 1, 1, 41, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 },
+    { 1, 2, 2, 41, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 },
+    { 1, 2, 3, 3, 41, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 },
+    { 1, 2, 3, 4, 4, 41, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 },
+    { 1, 2, 3, 4, 5, 5, 41, 8, 9, 10, 11, 12, 13, 14, 15, 16 },
+    { 1, 2, 3, 4, 5, 6, 6, 41, 9, 10, 11, 12, 13, 14, 15, 16 },
+    { 1, 2, 3, 4, 5, 6, 7, 7, 41, 10, 11, 12, 13, 14, 15, 16 },
+    { 1, 2, 3, 4, 5, 6, 7, 8, 8, 41, 11, 12, 13, 14, 15, 16 },
+    { 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 41, 12, 13, 14, 15, 16 },
+    { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 41, 13, 14, 15, 16 },
+    { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11, 41, 14, 15, 16 },
+    { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12, 41, 15, 16 },
+    { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 13, 41, 16 },
+    { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 14, 41 },
+};
 static inline void fp_esp_trailer(uint8_t *p, int32_t n, int32_t pad, uint8_t nh) {
+    if (nh == 41 && pad < 15) {
+        memcpy(p + n, fp_trailer41[pad], 16);
+        return;
+    }
     memcpy(p + n, fp_pad_seq, 16);
     p[n + pad] = (uint8_t)pad;
     p[n + pad + 1] = nh;
