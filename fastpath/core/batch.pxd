@@ -11,6 +11,7 @@ cdef class Batch:
     cdef readonly int slot_size
     cdef readonly int max_packet
     cdef public int count
+    cdef readonly bint hugepages
     cdef readonly object data        # uint8 [capacity, slot_size]
     cdef readonly object offsets     # int32: packet start within its slot
     cdef readonly object lengths     # int32: packet length
