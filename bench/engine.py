@@ -230,7 +230,7 @@ class EngineLoop:
     def __init__(self, eng, wl: Workload, direction: str):
         from fastpath.core.batch import Batch
         self.eng, self.wl, self.direction = eng, wl, direction
-        self.w = w = Batch(wl.B, wl.max_packet)
+        self.w = w = Batch(wl.B, wl.max_packet, hugepages=True)   # as a worker's batches
         self.k = 0
         if direction == "encap":
             self.run = eng.encap
@@ -310,7 +310,7 @@ def bare_step(alg: str, backend: str, wl: Workload):
     from fastpath.core.batch import Batch
     m = wl.first_mns[0]
     esp = EspSA(alg, SPI_OUT + m, *sa_keys(alg, m, "out"), esn=False, backend=backend)
-    esp.prepare_bare(list(wl.encap_packets), Batch(wl.B, wl.max_packet))
+    esp.prepare_bare(list(wl.encap_packets), Batch(wl.B, wl.max_packet, hugepages=True))
 
     def step(n: int) -> float:
         t0 = common.clock()
@@ -332,7 +332,8 @@ def bare_open_steps(alg: str, backend: str, wl: Workload):
         esp = sa.seal(k + 1, inner, 41)
         pkts.append(ipv6_header(wl.table.coa(m), HA, 50, len(esp)) + esp)
     bare = EspSA(alg, SPI_IN + m, *sa_keys(alg, m, "in"), esn=False, backend=backend)
-    bare.prepare_bare_open(pkts, Batch(wl.B, wl.max_packet), Batch(wl.B, wl.max_packet))
+    bare.prepare_bare_open(pkts, Batch(wl.B, wl.max_packet, hugepages=True),
+                           Batch(wl.B, wl.max_packet))
 
     def step(n: int) -> float:
         t0 = common.clock()
