@@ -26,3 +26,6 @@ cdef class Batch:
     cdef uint8_t *c_reason
     cdef int32_t *c_sa
     cdef uint8_t *c_iv
+
+
+cdef void batch_copy(Batch dst, Batch src) noexcept nogil

@@ -32,6 +32,26 @@ def _slot_memory(int capacity, int slot_size, bint hugepages):
     return raw[off:off + size].reshape(capacity, slot_size)
 
 
+cdef void batch_copy(Batch dst, Batch src) noexcept nogil:
+    """Batch.copy_from() without the GIL; src.count must fit dst (checked by
+    the caller)."""
+    cdef int i
+    cdef int32_t n
+    for i in range(src.count):
+        n = src.c_len[i]
+        if (src.c_off[i] < 0 or n < 0 or n > dst.max_packet
+                or <int64_t>src.c_off[i] + n > src.slot_size):
+            n = 0
+        memcpy(dst.c_data + <Py_ssize_t>i * dst.slot_size + HEADROOM,
+               src.c_data + <Py_ssize_t>i * src.slot_size + src.c_off[i], n)
+        dst.c_off[i] = HEADROOM
+        dst.c_len[i] = n
+        dst.c_verdict[i] = 0
+        dst.c_reason[i] = 0
+        dst.c_sa[i] = -1
+    dst.count = src.count
+
+
 cdef class Batch:
     """`capacity` slots of HEADROOM + max_packet + TAILROOM bytes each.
 
@@ -109,24 +129,10 @@ cdef class Batch:
         """Make this batch a copy of src's packets (each packet's bytes only,
         at the headroom offset): what a TUN read costs, for benchmarks and
         replaying one input many times."""
-        cdef int i
-        cdef int32_t n
         if src.count < 0 or src.count > src.capacity or src.count > self.capacity:
             raise ValueError("source batch does not fit")
         with nogil:
-            for i in range(src.count):
-                n = src.c_len[i]
-                if (src.c_off[i] < 0 or n < 0 or n > self.max_packet
-                        or <int64_t>src.c_off[i] + n > src.slot_size):
-                    n = 0
-                memcpy(self.c_data + <Py_ssize_t>i * self.slot_size + HEADROOM,
-                       src.c_data + <Py_ssize_t>i * src.slot_size + src.c_off[i], n)
-                self.c_off[i] = HEADROOM
-                self.c_len[i] = n
-                self.c_verdict[i] = 0
-                self.c_reason[i] = 0
-                self.c_sa[i] = -1
-            self.count = src.count
+            batch_copy(self, src)
 
     def set_iv(self, int i, const uint8_t[::1] iv):
         if i < 0 or i >= self.capacity:

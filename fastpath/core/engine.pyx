@@ -11,7 +11,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memmove, memcmp, memset
 
-from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM
+from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM, batch_copy
 from fastpath.core.esp cimport (fp_job, fp_keys, CryptoWorker, KIND_GCM, KIND_CBC_HMAC,
                                 esp_frame_out, esp_frame_gcm, esp_frame_in, esp_ct_len,
                                 esp_trailer)
@@ -178,6 +178,56 @@ cdef class Engine:
             fp_epoch_bump(&self.t.epochs[self.worker].value)
             self._decap(b)
             fp_epoch_leave(&self.t.epochs[self.worker].value)
+
+    def bench_loop(self, Batch w not None, list sources not None, int iterations,
+                   bint run=True, bint decap=False, rot=None, int rot_offset=0):
+        """For benchmarks: `iterations` times, restore w from
+        sources[k % len(sources)] (what Batch.copy_from does) and, with
+        rot (uint8 [R, >= w.capacity, 8]), overwrite the 8 bytes at
+        rot_offset of every slot with rot[k % R]; then, with run, process w
+        as a worker does - epoch_enter(), run_encap()/run_decap(),
+        epoch_leave() - all without the GIL or a Python call per batch.
+        run=False times the restoring alone. The caller times the call."""
+        cdef Py_ssize_t k, P = len(sources), R = 0, x, rstride = 0
+        cdef int i
+        cdef const uint8_t *rp = NULL
+        cdef void **srcs
+        cdef Batch src
+        cdef const uint8_t[:, :, ::1] rv
+        if P == 0 or iterations < 0:
+            raise ValueError("no source batch")
+        for src in sources:
+            if src is None or src.count > w.capacity or src.count < 0 or src.count > src.capacity:
+                raise ValueError("a source batch does not fit")
+            self._reserve(src)
+        if rot is not None:
+            rv = rot
+            R = rv.shape[0]
+            if R == 0 or rv.shape[1] < w.capacity or rot_offset < 0 or \
+                    HEADROOM + rot_offset + 8 > w.slot_size:
+                raise ValueError("rot does not fit the batch")
+            rp = &rv[0, 0, 0]
+            rstride = rv.shape[1] * 8
+        srcs = <void **>malloc(P * sizeof(void *))
+        if srcs == NULL:
+            raise MemoryError()
+        for x in range(P):
+            srcs[x] = <void *>sources[x]          # the list keeps them alive
+        with nogil:
+            for k in range(iterations):
+                batch_copy(w, <Batch>srcs[k % P])
+                if rp != NULL:
+                    for i in range(w.count):
+                        memcpy(w.c_data + <Py_ssize_t>i * w.slot_size + HEADROOM + rot_offset,
+                               rp + (k % R) * rstride + i * 8, 8)
+                if run:
+                    fp_epoch_bump(&self.t.epochs[self.worker].value)
+                    if decap:
+                        self._decap(w)
+                    else:
+                        self._encap(w)
+                    fp_epoch_leave(&self.t.epochs[self.worker].value)
+        free(srcs)
 
     def take_bindings(self):
         """The authenticated Mobility Headers of the last decap, as
@@ -708,7 +758,7 @@ cdef class Engine:
         # the fast path's SA, in registers (fast: an SA without ESN)
         cdef bint fast = False
         cdef uint32_t spi = 0
-        cdef int32_t s = -1, ovh = 0, amask = 0
+        cdef int32_t s = -1, ovh = 0, amask = 0, hin = 0
         cdef fp_sa *sa = NULL
         cdef fp_keys *kk = NULL
         cdef fp_sa_hot *hot = NULL
@@ -734,6 +784,7 @@ cdef class Engine:
                     j.slot = i
                     j.sa = s                     # tunnel mode: no esp_off, nh_pos, hoa
                     esp_frame_in(j, kk, p + 40, ct_len, seq, False)
+                    c_off[i] = off + hin         # where the inner packet will start
                     continue
             st.nj = nj
             self._classify_in_one(b, i, p, n, st)
@@ -746,6 +797,7 @@ cdef class Engine:
                 hot = &self.t.hot[s]
                 fast = not sa.esn and sa.mode == MODE_TUNNEL
                 ovh = 48 + kk.iv_len + kk.icv_len
+                hin = 48 + kk.iv_len
                 amask = kk.align - 1
             else:
                 fast = False
@@ -845,6 +897,10 @@ cdef class Engine:
         j.nh_pos = nh_pos
         j.hoa = hoa if t.role == ROLE_HA else rh2
         esp_frame_in(j, sa.keys, p + off, ct_len, seq, sa.esn)
+        if sa.mode == MODE_TUNNEL:
+            # Where the inner packet will start (a drop's offset does not
+            # matter; transport mode moves the header chain instead).
+            b.c_off[i] += off + 8 + sa.keys.iv_len
 
     cdef void _finish_in(self, Batch b, int nj) noexcept nogil:
         """Pass 3, in packet order: ICV verdict, padding, replay commit, inner
@@ -909,16 +965,16 @@ cdef class Engine:
             if not fp_eq128(j.ct + src, hi, lo):
                 self._verdict(b, i, V_DROP, R_POLICY, s)
                 continue
-            c_off[i] = <int32_t>(j.ct - (data + <Py_ssize_t>i * ss))
-            c_len[i] = plen
+            c_len[i] = plen                     # (offset: set in pass 1)
             c_sa[i] = s                         # (verdict TO_HOME: set for the batch)
             ok += 1
             pk += 1
             by += <uint64_t>plen
-        fp_spin_unlock(&hot.lock)
-        if pk:
-            fp_add_u64(&hot.packets, pk)
-            fp_add_u64(&hot.bytes, by)
+        if cur >= 0:
+            fp_spin_unlock(&hot.lock)
+            if pk:
+                fp_add_u64(&hot.packets, pk)
+                fp_add_u64(&hot.bytes, by)
         self.verdicts[V_TO_HOME] += ok
 
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil:
