@@ -3,10 +3,16 @@
 For each algorithm x inner packet size x direction x crypto backend, on one
 pinned core:
 
-  engine   Engine.encap/decap over a batch, the input restored before each
-           call with Batch.copy_from (the engine works in place). The copy
-           (and, with --sas > 1, the rewrite of the destination HoAs) is timed
-           alone in alternating chunks and subtracted: engine = total - copy.
+  engine   the engine over a batch as a worker runs it: epoch enter,
+           run_encap/run_decap, epoch leave, in a loop without the GIL
+           (Engine.bench_loop), the input restored before each batch as
+           Batch.copy_from does (the engine works in place). The restoring
+           (and, with --sas > 1, the rewrite of the destination HoAs) is
+           timed alone in alternating chunks and subtracted: engine = total
+           - copy. The targets are judged on this figure.
+  py-API   the same through the Python API, one Engine.encap/decap call per
+           batch (each releases and retakes the GIL: ~0.1 us per call, 1-2
+           ns per packet at 64 per batch), minus the same loop's copies.
   bare     the library alone, through the same backend code, on packets in
            a Batch of the engine's geometry: no framing, lookups, sequence
            numbers, replay window or verdicts. Encap rows: EspSA.bare_seal
@@ -71,6 +77,7 @@ COLUMNS = [
     Column("engine_gbps", "Gbit/s", "{:.2f}"),
     Column("bare_mpps", "bare Mpps", "{:.3f}"),
     Column("engine_over_bare", "eng/bare", "{:.2f}"),
+    Column("engine_api_mpps", "py-API Mpps", "{:.3f}"),
     Column("ref_mpps", "ref Mpps", "{:.4f}"),
     Column("engine_over_ref", "eng/ref", "{:.0f}"),
     Column("openssl_speed_mpps", "ossl-speed Mpps", "{:.3f}"),
@@ -222,10 +229,14 @@ def _validate_encap(wl: Workload, out_batch) -> None:
 
 
 class EngineLoop:
-    """Timed loops of one engine over one workload: `total` restores the
+    """Timed loops of one engine over one workload: `step` restores the
     input (Batch.copy_from, plus the HoA rewrite with several mobile nodes)
-    and runs the engine; `copy` does only the restoring. Validates the
-    engine's output before anything is timed."""
+    and runs the engine as a worker does (epoch enter, run_encap/run_decap,
+    epoch leave: Engine.bench_loop, no Python call or GIL hand-off per
+    batch); `copy` does only the restoring, in the same loop. `api_step` /
+    `api_copy` do the same through the Python API, one Engine.encap/decap
+    call (which releases the GIL) per batch. Validates the engine's output
+    before anything is timed."""
 
     def __init__(self, eng, wl: Workload, direction: str):
         from fastpath.core.batch import Batch
@@ -292,16 +303,30 @@ class EngineLoop:
         self.k = k + n
         return t
 
+    def _cloop(self, n: int, with_engine: bool) -> float:
+        t0 = common.clock()
+        self.eng.bench_loop(self.w, self.inputs, n, with_engine, self.direction == "decap",
+                            self.rot, IID_OFFSET)
+        return common.clock() - t0
+
     def step(self, n: int) -> float:
-        return self._loop(n, True)
+        return self._cloop(n, True)
 
     def copy(self, n: int) -> float:
+        return self._cloop(n, False)
+
+    def api_step(self, n: int) -> float:
+        return self._loop(n, True)
+
+    def api_copy(self, n: int) -> float:
         return self._loop(n, False)
 
     def final_check(self) -> None:
-        """The timed loop may end on a copy: run one batch and check it."""
+        """The timed loop may end on a copy: run one batch each way and check it."""
         self._loop(1, True)
         self.check(f"{self.eng.backend} {self.direction} after the timed run")
+        self._cloop(1, True)
+        self.check(f"{self.eng.backend} {self.direction} (worker loop) after the timed run")
 
 
 def bare_step(alg: str, backend: str, wl: Workload):
@@ -352,7 +377,8 @@ def measure_cell(eng, alg: str, wl: Workload, direction: str, seconds: float,
     """Engine (total and copy) and bare crypto in interleaved chunks."""
     loop = EngineLoop(eng, wl, direction)
     seal = bare_step(alg, eng.backend, wl)
-    items = [("engine", loop.step, loop.copy, 1.0), ("seal", seal, None, 0.5)]
+    items = [("engine", loop.step, loop.copy, 1.0), ("api", loop.api_step, loop.api_copy, 0.5),
+             ("seal", seal, None, 0.5)]
     if direction == "decap":
         items.append(("open", *bare_open_steps(alg, eng.backend, wl), 0.5))
     got = common.measure_interleaved(items, seconds, chunks)
@@ -363,6 +389,8 @@ def measure_cell(eng, alg: str, wl: Workload, direction: str, seconds: float,
     if engine_s <= 0:
         raise BenchError(f"{eng.backend} {direction}: engine time not above the copy time")
     mpps = B / engine_s / 1e6
+    api_total, api_copy = got["api"]
+    api_s = api_total.per_iter - api_copy.per_iter
     seal_t = got["seal"][0]
     extra = {}
     if direction == "decap":
@@ -380,6 +408,10 @@ def measure_cell(eng, alg: str, wl: Workload, direction: str, seconds: float,
         bare_t = seal_t
         bare_s = seal_t.per_iter
         bare_best_s = seal_t.best
+    extra.update({
+        "engine_api_mpps": B / api_s / 1e6 if api_s > 0 else None,
+        "engine_api_over_bare": (bare_s / api_s) if api_s > 0 else None,
+        "api_total_timing": api_total.as_dict(), "api_copy_timing": api_copy.as_dict()})
     return {**extra,
         "engine_mpps": mpps,
         "engine_gbps": mpps * wl.size * 8 / 1e3,
