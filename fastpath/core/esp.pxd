@@ -51,8 +51,9 @@ cdef struct fp_ossl:
     uint8_t last[16]    # CBC: the context's running IV (last ciphertext block)
 
 # One packet's crypto work, filled by the framing stage of the engine: 192
-# bytes, three cache lines in a 64-byte aligned array. The fields the crypto
-# stage reads come first (encap GCM touches the first two lines only).
+# bytes, three cache lines in a 64-byte aligned array. GCM, either way, and
+# the engine's bookkeeping of a tunnel packet use the first two lines only;
+# the third holds what HMAC, ESN and transport mode add.
 cdef struct fp_job:
     fp_keys *keys
     uint8_t *esp        # start of the ESP header: start of the ICV's coverage (CBC IV at esp + 8)
@@ -60,9 +61,7 @@ cdef struct fp_job:
     uint8_t *icv        # where the ICV is / goes on the wire
     const uint8_t *aad  # GCM AAD: the ESP header itself, or scratch with ESN
     const uint8_t *rx   # decap: the ICV as received (in place, or scratch with ESN)
-    uint8_t *tag_out    # encap, HMAC: where the ICV is computed (icv, or tag with ESN)
     uint32_t ct_len
-    uint32_t auth_len   # bytes the ICV covers from esp (includes ESN seq_hi)
     uint32_t aad_len
     int ok              # 1 when sealed / when the ICV matched
     uint8_t nonce[12]   # GCM: salt | explicit IV
@@ -70,13 +69,16 @@ cdef struct fp_job:
     int32_t slot        # batch index
     int32_t sa          # SA index (selects per-worker cipher contexts)
     int32_t plen        # payload length (encap: the inner packet)
-    int32_t ep          # encap: endpoint record read for this packet
     int32_t run         # encap: index in the batch's sequence-number reservations
+    uint64_t seq        # decap
+    uint8_t tag[32]     # ICV as computed (decap; encap with ESN)
+    # -- third line: HMAC, ESN, transport mode, encap without a reservation
+    uint8_t *tag_out    # encap, HMAC: where the ICV is computed (icv, or tag with ESN)
+    uint32_t auth_len   # bytes the ICV covers from esp (includes ESN seq_hi)
+    int32_t ep          # encap: endpoint record read for this packet (no reservation)
     int32_t esp_off     # offset of the ESP header in the packet
     int32_t nh_pos      # offset of the next-header byte that names ESP
-    uint64_t seq        # decap
     const uint8_t *hoa  # Home Address option's address, if any
-    uint8_t tag[32]     # ICV as computed (decap; encap with ESN)
     uint8_t scratch[32] # with ESN: the GCM AAD (12 bytes) / the HMAC ICV as received
 
 cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int align,
