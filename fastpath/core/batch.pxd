@@ -11,6 +11,7 @@ cdef class Batch:
     cdef readonly int slot_size
     cdef readonly int max_packet
     cdef public int count
+    cdef readonly bint hugepages
     cdef readonly object data        # uint8 [capacity, slot_size]
     cdef readonly object offsets     # int32: packet start within its slot
     cdef readonly object lengths     # int32: packet length
@@ -25,3 +26,6 @@ cdef class Batch:
     cdef uint8_t *c_reason
     cdef int32_t *c_sa
     cdef uint8_t *c_iv
+
+
+cdef void batch_copy(Batch dst, Batch src) noexcept nogil

@@ -1,8 +1,9 @@
 # The per-worker engine (engine.pyx): classify -> frame -> crypto -> verdict.
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from fastpath.core.batch cimport Batch
 from fastpath.core.esp cimport fp_job, CryptoWorker
-from fastpath.core.sad cimport SADatabase, fp_sad, N_REASONS
+from fastpath.core.sad cimport SADatabase, fp_sad, fp_sa, N_REASONS
 
 cdef enum:
     V_DROP = 0
@@ -27,14 +28,40 @@ cdef enum:
     RND_BYTES = 16384       # CBC IVs drawn in bulk
 
 
+cdef enum:
+    SEQ_RUNS = 8        # distinct SAs reserved per batch; more fall back to one by one
+
 cdef struct fp_seq_run:
     int32_t sa          # the SA
+    int32_t ep          # endpoint read when the run began: all its packets use it
     uint32_t want       # its packets in this batch
     uint64_t next       # next number granted to it
     uint64_t end        # one past the last granted
+    uint64_t pk         # its packets framed, and their bytes (counted once sealed)
+    uint64_t by
 
-cdef enum:
-    SEQ_RUNS = 8        # distinct SAs reserved per batch; more fall back to one by one
+# encap classification state of one batch: the mobile node of the previous
+# packet, and whether the next packet to it can take the fast path.
+cdef struct fp_out_state:
+    uint64_t hi         # the cached mobile node's HoA
+    uint64_t lo
+    int32_t e           # its endpoint (read once per run of it), payload and RR out SAs
+    int32_t pay
+    int32_t rr
+    int32_t cur         # the SA whose fit and run are below
+    int32_t fit         # largest inner packet that fits the MTU on it
+    int32_t run         # its sequence-number reservation, -1: none (one by one)
+    bint cached
+    bint fast           # cached MN, bound, no RR SA, ESP payload SA with a reservation
+    int nruns
+    int nj
+    fp_seq_run runs[SEQ_RUNS]
+
+# decap classification state of one batch: the SA of the previous ESP packet.
+cdef struct fp_in_state:
+    uint32_t spi
+    int32_t s           # its index, -1: none
+    int nj
 
 cdef struct fp_binding_rec:
     int32_t slot
@@ -45,7 +72,7 @@ cdef struct fp_binding_rec:
     uint8_t data[BINDING_MAX]
 
 
-
+@cython.final
 cdef class Engine:
     cdef SADatabase sad
     cdef fp_sad *t
@@ -63,8 +90,6 @@ cdef class Engine:
     cdef public double ptb_burst
     cdef double ptb_tokens
     cdef double ptb_last
-    cdef uint64_t run_packets           # decap: packets/bytes of the current SA run
-    cdef uint64_t run_bytes
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t verdicts[N_VERDICTS]
 
@@ -74,17 +99,23 @@ cdef class Engine:
     cdef void epoch_leave(self) noexcept nogil
     cdef void run_encap(self, Batch b) noexcept nogil
     cdef void run_decap(self, Batch b) noexcept nogil
-    cdef void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil
-    cdef bint _slot_ok(self, Batch b, int i) noexcept nogil
-    cdef uint8_t *_packet(self, Batch b, int i) noexcept nogil
-    cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil
-    cdef const uint8_t *_iv_scratch(self) noexcept nogil
+    cdef inline void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil
+    cdef inline const uint8_t *_iv(self, Batch b, int i) noexcept nogil
+    cdef inline const uint8_t *_iv_scratch(self) noexcept nogil
     cdef bint _ptb_token(self) noexcept nogil
     cdef void _too_big(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s,
                        int32_t inner_mtu) noexcept nogil
     cdef void _encap(self, Batch b) noexcept nogil
+    cdef void _classify_out(self, Batch b, fp_out_state *st) noexcept nogil
+    cdef void _classify_one(self, Batch b, int i, uint8_t *p, int32_t n,
+                            fp_out_state *st) noexcept nogil
+    cdef void _frame_out(self, Batch b, fp_out_state *st) noexcept nogil
     cdef void _count_out(self, Batch b, int nj) noexcept nogil
     cdef void _decap(self, Batch b) noexcept nogil
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil
-    cdef void _finish_open(self, Batch b, fp_job *j) noexcept nogil
-    cdef void _end_run(self, int32_t s) noexcept nogil
+    cdef void _classify_in(self, Batch b, fp_in_state *st) noexcept nogil
+    cdef void _classify_in_one(self, Batch b, int i, uint8_t *p, int32_t n,
+                               fp_in_state *st) noexcept nogil
+    cdef void _finish_in(self, Batch b, int nj) noexcept nogil
+    cdef int32_t _finish_transport(self, Batch b, fp_job *j, fp_sa *sa, int32_t plen,
+                                   uint8_t nxt) noexcept nogil

@@ -11,12 +11,14 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memmove, memcmp, memset
 
-from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM
+from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM, batch_copy
 from fastpath.core.esp cimport (fp_job, fp_keys, CryptoWorker, KIND_GCM, KIND_CBC_HMAC,
-                                esp_frame_out, esp_frame_in, esp_ct_len, esp_trailer)
+                                esp_frame_out, esp_frame_gcm, esp_frame_in, esp_ct_len,
+                                esp_trailer)
 from fastpath.core.sad cimport *
 from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit_locked
 from fastpath.core.includes.atomic cimport *
+from fastpath.core.includes.fpbytes cimport fp_ld_u64, fp_ld_be32, fp_eq128, fp_copy40, fp_st_be16
 from fastpath.core.includes.openssl cimport RAND_bytes
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -47,6 +49,19 @@ cdef inline uint16_t csum_fold(uint32_t sum) noexcept nogil:
     while sum >> 16:
         sum = (sum & 0xffff) + (sum >> 16)
     return <uint16_t>(~sum & 0xffff)
+
+
+cdef extern from "<stdlib.h>" nogil:
+    void *aligned_alloc(size_t alignment, size_t size)
+
+
+cdef fp_job *_jobs_alloc(int n) noexcept nogil:
+    """A zeroed job array on cache-line boundaries (a job is three lines)."""
+    cdef size_t sz = ((<size_t>(n if n > 0 else 1) * sizeof(fp_job)) + 63) & ~(<size_t>63)
+    cdef void *p = aligned_alloc(64, sz)
+    if p != NULL:
+        memset(p, 0, sz)
+    return <fp_job *>p
 
 
 cdef inline bint ipv6_ok(const uint8_t *p, int32_t n) noexcept nogil:
@@ -90,7 +105,7 @@ cdef class Engine:
         self.backend = backend
         self.crypto = CryptoWorker(sad.t.cap_sas, backend)
         self.max_jobs = max_batch
-        self.jobs = <fp_job *>calloc(max_batch, sizeof(fp_job))
+        self.jobs = _jobs_alloc(max_batch)
         self.bindings = <fp_binding_rec *>calloc(max_batch, sizeof(fp_binding_rec))
         self.rnd = <uint8_t *>malloc(RND_BYTES)
         if self.jobs == NULL or self.bindings == NULL or self.rnd == NULL:
@@ -114,7 +129,7 @@ cdef class Engine:
         if b.count > self.max_jobs:
             free(self.jobs)
             free(self.bindings)
-            self.jobs = <fp_job *>calloc(b.count, sizeof(fp_job))
+            self.jobs = _jobs_alloc(b.count)
             self.bindings = <fp_binding_rec *>calloc(b.count, sizeof(fp_binding_rec))
             if self.jobs == NULL or self.bindings == NULL:
                 self.max_jobs = 0
@@ -132,7 +147,7 @@ cdef class Engine:
         """End of a batch: the worker holds no endpoint any more. A worker
         calls it only once the batch's packets are written, so that no packet
         built before a swap can reach the wire after the Binding Ack."""
-        fp_epoch_bump(&self.t.epochs[self.worker].value)
+        fp_epoch_leave(&self.t.epochs[self.worker].value)
 
     cdef void run_encap(self, Batch b) noexcept nogil:
         """encap() for a caller without the GIL, inside its own
@@ -153,7 +168,7 @@ cdef class Engine:
         with nogil:
             fp_epoch_bump(&self.t.epochs[self.worker].value)
             self._encap(b)
-            fp_epoch_bump(&self.t.epochs[self.worker].value)
+            fp_epoch_leave(&self.t.epochs[self.worker].value)
 
     def decap(self, Batch b not None):
         """Open a batch read on the wire side. Sets verdicts in place; BINDING
@@ -162,7 +177,57 @@ cdef class Engine:
         with nogil:
             fp_epoch_bump(&self.t.epochs[self.worker].value)
             self._decap(b)
-            fp_epoch_bump(&self.t.epochs[self.worker].value)
+            fp_epoch_leave(&self.t.epochs[self.worker].value)
+
+    def bench_loop(self, Batch w not None, list sources not None, int iterations,
+                   bint run=True, bint decap=False, rot=None, int rot_offset=0):
+        """For benchmarks: `iterations` times, restore w from
+        sources[k % len(sources)] (what Batch.copy_from does) and, with
+        rot (uint8 [R, >= w.capacity, 8]), overwrite the 8 bytes at
+        rot_offset of every slot with rot[k % R]; then, with run, process w
+        as a worker does - epoch_enter(), run_encap()/run_decap(),
+        epoch_leave() - all without the GIL or a Python call per batch.
+        run=False times the restoring alone. The caller times the call."""
+        cdef Py_ssize_t k, P = len(sources), R = 0, x, rstride = 0
+        cdef int i
+        cdef const uint8_t *rp = NULL
+        cdef void **srcs
+        cdef Batch src
+        cdef const uint8_t[:, :, ::1] rv
+        if P == 0 or iterations < 0:
+            raise ValueError("no source batch")
+        for src in sources:
+            if src is None or src.count > w.capacity or src.count < 0 or src.count > src.capacity:
+                raise ValueError("a source batch does not fit")
+            self._reserve(src)
+        if rot is not None:
+            rv = rot
+            R = rv.shape[0]
+            if R == 0 or rv.shape[1] < w.capacity or rot_offset < 0 or \
+                    HEADROOM + rot_offset + 8 > w.slot_size:
+                raise ValueError("rot does not fit the batch")
+            rp = &rv[0, 0, 0]
+            rstride = rv.shape[1] * 8
+        srcs = <void **>malloc(P * sizeof(void *))
+        if srcs == NULL:
+            raise MemoryError()
+        for x in range(P):
+            srcs[x] = <void *>sources[x]          # the list keeps them alive
+        with nogil:
+            for k in range(iterations):
+                batch_copy(w, <Batch>srcs[k % P])
+                if rp != NULL:
+                    for i in range(w.count):
+                        memcpy(w.c_data + <Py_ssize_t>i * w.slot_size + HEADROOM + rot_offset,
+                               rp + (k % R) * rstride + i * 8, 8)
+                if run:
+                    fp_epoch_bump(&self.t.epochs[self.worker].value)
+                    if decap:
+                        self._decap(w)
+                    else:
+                        self._encap(w)
+                    fp_epoch_leave(&self.t.epochs[self.worker].value)
+        free(srcs)
 
     def take_bindings(self):
         """The authenticated Mobility Headers of the last decap, as
@@ -194,23 +259,6 @@ cdef class Engine:
             self.drops[reason] += 1
             if sa >= 0:
                 fp_add_u64(&self.t.hot[sa].drops[reason], 1)
-
-    cdef bint _slot_ok(self, Batch b, int i) noexcept nogil:
-        # offsets/lengths are numpy arrays Python can write: never trust them.
-        cdef int64_t off = b.c_off[i]
-        cdef int64_t n = b.c_len[i]
-        return off >= HEADROOM and n >= 0 and off + n <= b.slot_size - TAILROOM
-
-    cdef uint8_t *_packet(self, Batch b, int i) noexcept nogil:
-        """Slot i's packet if it is a whole IPv6 packet inside its slot, else
-        NULL with the slot dropped as malformed."""
-        cdef uint8_t *p
-        if self._slot_ok(b, i):
-            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
-            if ipv6_ok(p, b.c_len[i]):
-                return p
-        self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-        return NULL
 
     cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
         """A CBC IV: unpredictable, drawn from a bulk RAND_bytes buffer."""
@@ -350,278 +398,584 @@ cdef class Engine:
     cdef void _encap(self, Batch b) noexcept nogil:
         """Three passes over the batch: classify (lookups, MTU, plain tunnels),
         reserve sequence numbers (one atomic per SA, not per packet), frame and
-        seal. Counters are added once per run of packets of one SA."""
-        cdef int i, k, r, nj = 0, nruns = 0, w
-        cdef int32_t n, m, e, s, esp_len, hl
+        seal. Consecutive packets to one mobile node (a run) share its lookup,
+        its endpoint read and its SA's parameters; counters are added once per
+        SA."""
+        cdef fp_out_state st
+        cdef fp_seq_run *rn
+        cdef uint64_t got
+        cdef int r
+        st.cached = False
+        st.fast = False
+        st.cur = -2
+        st.run = -1
+        st.nruns = 0
+        st.nj = 0
+        # Every packet leaves with TO_WIRE unless a drop (or PTB) says otherwise.
+        memset(b.c_verdict, V_TO_WIRE, b.count)
+        memset(b.c_reason, R_NONE, b.count)
+        # 1. classify
+        self._classify_out(b, &st)
+        if st.nj == 0:
+            return
+        # 2. reserve sequence numbers: unique and gap-free across workers
+        for r in range(st.nruns):
+            rn = &st.runs[r]
+            rn.next = fp_next_seqs(&self.t.hot[rn.sa].seq, fp_load_u64(&self.t.hot[rn.sa].seq_limit),
+                                   rn.want, &got)
+            rn.end = rn.next + got
+            rn.pk = 0
+            rn.by = 0
+        # 3. frame (dropping what got no number), seal, count
+        self._frame_out(b, &st)
+
+    cdef void _classify_out(self, Batch b, fp_out_state *st) noexcept nogil:
+        """Pass 1: one job per packet to seal. The common packet - to the same
+        mobile node as the one before, on its payload SA, fitting the MTU -
+        takes a few compares; every other goes through _classify_one()."""
+        cdef fp_job *jobs = self.jobs
+        cdef int32_t *c_off = b.c_off
+        cdef int32_t *c_len = b.c_len
+        cdef uint8_t *slot = b.c_data
+        cdef Py_ssize_t ss = b.slot_size
+        cdef int64_t lim = b.slot_size - TAILROOM
+        cdef int dst = 24 if self.t.role == ROLE_HA else 8
+        cdef int i, nj = st.nj
+        cdef int32_t n, off
+        cdef uint8_t *p
+        cdef fp_job *j
+        # the fast path's state, in registers; copied back and forth around
+        # _classify_one (want: fast packets not yet added to the run)
+        cdef bint fast = False
+        cdef int32_t fit = 0, s = -1, run = -1
+        cdef uint64_t hi = 0, lo = 0
+        cdef uint32_t want = 0
+        for i in range(b.count):
+            # offsets/lengths are numpy arrays Python can write: never trust them.
+            off = c_off[i]
+            n = c_len[i]
+            p = slot + off
+            slot += ss
+            if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
+            if fast and n <= fit and fp_eq128(p + dst, hi, lo):
+                j = &jobs[nj]
+                nj += 1
+                j.slot = i
+                j.sa = s
+                j.plen = n
+                j.ct = p
+                j.run = run
+                want += 1
+                continue
+            if want:
+                st.runs[run].want += want
+                want = 0
+            st.nj = nj
+            self._classify_one(b, i, p, n, st)
+            nj = st.nj
+            fast = st.fast
+            fit = st.fit
+            s = st.cur
+            run = st.run
+            hi = st.hi
+            lo = st.lo
+        if want:
+            st.runs[run].want += want
+        st.nj = nj
+
+    cdef void _classify_one(self, Batch b, int i, uint8_t *p, int32_t n,
+                            fp_out_state *st) noexcept nogil:
+        """Pass 1 for one well-formed packet, every case: lookup (cached for
+        the packets after it), SA choice, MTU, plain IPv6-in-IPv6."""
+        cdef fp_sad *t = self.t
+        cdef bint ha = t.role == ROLE_HA
+        cdef const uint8_t *a = p + (24 if ha else 8)
+        cdef int32_t m, s, r
+        cdef fp_keys *kk
+        cdef fp_mn *mn
+        cdef fp_job *j
+        cdef uint8_t *outer
+        if not st.cached or not fp_eq128(a, st.hi, st.lo):
+            st.fast = False
+            m = sad_find_mn(t, a)
+            if m < 0:
+                st.cached = False
+                self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+                return
+            mn = &t.mns[m]
+            # One endpoint read per run of this mobile node within the batch:
+            # old or new record, never torn, and it stays valid until the
+            # batch ends (grace period).
+            st.e = fp_load_acq_i32(&mn.ep)
+            st.pay = mn.sa[PURPOSE_PAYLOAD][DIR_OUT]
+            st.rr = mn.sa[PURPOSE_RR][DIR_OUT]
+            st.hi = fp_ld_u64(a)
+            st.lo = fp_ld_u64(a + 8)
+            st.cached = True
+            st.cur = -2
+        if st.e < 0:
+            self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
+            return
+        s = st.pay
+        if st.rr >= 0 and is_mh_type(p, n, 3 if ha else 1):
+            s = st.rr
+        if s != st.cur:
+            # Per SA: the largest inner packet that fits the MTU (the same
+            # decision as comparing the outer length), and its reservation.
+            st.cur = s
+            st.run = -1
+            if s < 0:
+                st.fit = <int32_t>t.mtu - 40
+            else:
+                kk = t.sas[s].keys
+                st.fit = ((<int32_t>t.mtu - 48 - kk.iv_len - kk.icv_len) & ~(kk.align - 1)) - 2
+                for r in range(st.nruns):
+                    if st.runs[r].sa == s:
+                        st.run = r
+                        break
+                if st.run < 0 and st.nruns < SEQ_RUNS:
+                    st.run = st.nruns
+                    st.runs[st.run].sa = s
+                    st.runs[st.run].ep = st.e
+                    st.runs[st.run].want = 0
+                    st.nruns += 1
+        st.fast = st.rr < 0 and s >= 0 and st.run >= 0
+        # A packet of up to 1280 bytes is tunnelled even when it does not fit:
+        # its outer packet leaves fragmented (RFC 2473 §7.1; the worker
+        # fragments).
+        if n > st.fit and n > 1280:
+            self._too_big(b, i, p, n, s, st.fit)
+            return
+        if s < 0:
+            # Plain IPv6-in-IPv6 (RFC 2473).
+            outer = p - 40
+            fp_copy40(outer, t.eps[st.e].hdr)
+            wr16(outer + 4, n)
+            outer[6] = 41
+            b.c_off[i] -= 40
+            b.c_len[i] = n + 40
+            self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
+            return
+        j = &self.jobs[st.nj]
+        st.nj += 1
+        j.slot = i
+        j.sa = s
+        j.ep = st.e
+        j.plen = n
+        j.ct = p
+        j.run = st.run
+        if st.run >= 0:
+            st.runs[st.run].want += 1
+
+    cdef void _frame_out(self, Batch b, fp_out_state *st) noexcept nogil:
+        """Pass 3: sequence number, ESP framing and outer header for every
+        job, then seal and count. The parameters of the current reservation
+        run (SA, keys, outer header template) are held across its packets."""
+        cdef fp_sad *t = self.t
+        cdef fp_job *jobs = self.jobs
+        cdef int32_t *c_off = b.c_off
+        cdef int32_t *c_len = b.c_len
+        cdef int32_t *c_sa = b.c_sa
+        cdef bint fixed = self.fixed_ivs, per_packet = False, esn = False
+        cdef int k, r, w = 0, cur = -1, kind = 0, nj = st.nj
+        cdef int32_t i, s, hl = 0, esp_len
+        cdef uint32_t spi = 0
+        cdef uint64_t seq, nxt = 0, end = 0, pk = 0, by = 0
         cdef uint8_t *p
         cdef uint8_t *outer
         cdef const uint8_t *ivp
         cdef fp_sa *sa
-        cdef fp_keys *kk
+        cdef fp_keys *kk = NULL
         cdef fp_job *j
-        cdef uint64_t seq, got
-        cdef fp_mn *mn
-        cdef fp_seq_run runs[SEQ_RUNS]
-        # 1. classify
-        for i in range(b.count):
-            p = self._packet(b, i)
-            if p == NULL:
-                continue
-            n = b.c_len[i]
-            # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
-            m = sad_find_mn(self.t, p + (24 if self.t.role == ROLE_HA else 8))
-            if m < 0:
-                self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
-                continue
-            mn = &self.t.mns[m]
-            e = fp_load_acq_i32(&mn.ep)      # one read per packet: old or new, never torn
-            if e < 0:
-                self._verdict(b, i, V_DROP, R_NO_BINDING, -1)
-                continue
-            s = mn.sa[PURPOSE_PAYLOAD][DIR_OUT]
-            if mn.sa[PURPOSE_RR][DIR_OUT] >= 0 and is_mh_type(p, n, 3 if self.t.role == ROLE_HA else 1):
-                s = mn.sa[PURPOSE_RR][DIR_OUT]
-            if s < 0:
-                # Plain IPv6-in-IPv6 (RFC 2473). A packet of up to 1280 bytes
-                # is tunnelled even when it does not fit: its outer packet
-                # leaves fragmented (RFC 2473 §7.1; the worker fragments).
-                if 40 + n > <int32_t>self.t.mtu and n > 1280:
-                    self._too_big(b, i, p, n, -1, self.t.mtu - 40)
-                    continue
-                outer = p - 40
-                memcpy(outer, self.t.eps[e].hdr, 40)
-                wr16(outer + 4, n)
-                outer[6] = 41
-                b.c_off[i] -= 40
-                b.c_len[i] = n + 40
-                self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
-                continue
-            kk = self.t.sas[s].keys
-            esp_len = 8 + kk.iv_len + ((n + 2 + kk.align - 1) & ~(kk.align - 1)) + kk.icv_len
-            if 40 + esp_len > <int32_t>self.t.mtu and n > 1280:
-                self._too_big(b, i, p, n, s, ((<int32_t>self.t.mtu - 48 - kk.iv_len - kk.icv_len)
-                                              & ~(kk.align - 1)) - 2)
-                continue
-            j = &self.jobs[nj]
-            nj += 1
-            j.slot = i
-            j.sa = s
-            j.ep = e
-            j.plen = n
-            j.run = -1
-            for r in range(nruns):
-                if runs[r].sa == s:
-                    j.run = r
-                    runs[r].want += 1
-                    break
-            if j.run < 0 and nruns < SEQ_RUNS:
-                j.run = nruns
-                runs[nruns].sa = s
-                runs[nruns].want = 1
-                nruns += 1
-        if nj == 0:
-            return
-        # 2. reserve sequence numbers: unique and gap-free across workers
-        for r in range(nruns):
-            runs[r].next = fp_next_seqs(&self.t.hot[runs[r].sa].seq,
-                                        fp_load_u64(&self.t.hot[runs[r].sa].seq_limit),
-                                        runs[r].want, &got)
-            runs[r].end = runs[r].next + got
-        # 3. frame (dropping what got no number), then seal
-        w = 0
+        cdef fp_seq_run *rn
+        cdef const uint8_t *tmpl = NULL     # the run's outer header template
         for k in range(nj):
-            j = &self.jobs[k]
-            s = j.sa
+            j = &jobs[k]
             i = j.slot
-            if j.run >= 0:
-                seq = runs[j.run].next
-                if seq == runs[j.run].end:
-                    seq = 0
-                else:
-                    runs[j.run].next += 1
+            r = j.run
+            if r == cur and nxt != end:
+                seq = nxt                        # the run's next reserved number
+                nxt += 1
+                pk += 1
+                by += <uint64_t>j.plen
             else:
-                seq = fp_next_seq(&self.t.hot[s].seq, fp_load_u64(&self.t.hot[s].seq_limit))
-            if seq == 0:
-                self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
-                continue
+                if cur >= 0:                     # leaving a run: keep where it stands
+                    rn = &st.runs[cur]
+                    rn.next = nxt
+                    rn.pk = pk
+                    rn.by = by
+                s = j.sa
+                if r >= 0:
+                    rn = &st.runs[r]
+                    nxt = rn.next
+                    end = rn.end
+                    pk = rn.pk
+                    by = rn.by
+                    seq = 0
+                    if nxt != end:
+                        seq = nxt
+                        nxt += 1
+                        pk += 1
+                        by += <uint64_t>j.plen
+                    tmpl = t.eps[rn.ep].hdr
+                else:
+                    per_packet = True             # more SAs than reservations
+                    nxt = 0
+                    end = 0
+                    seq = fp_next_seq(&t.hot[s].seq, fp_load_u64(&t.hot[s].seq_limit))
+                    tmpl = t.eps[j.ep].hdr
+                cur = r
+                sa = &t.sas[s]
+                kk = sa.keys
+                spi = sa.spi
+                esn = sa.esn
+                hl = 8 + kk.iv_len
+                kind = kk.kind
+                if seq == 0:
+                    self._verdict(b, i, V_DROP, R_SEQ_EXHAUSTED, s)
+                    continue
             if w != k:
-                self.jobs[w].slot = i
-                self.jobs[w].sa = s
-                self.jobs[w].ep = j.ep
-                self.jobs[w].plen = j.plen
-                j = &self.jobs[w]
+                jobs[w].slot = i
+                jobs[w].sa = j.sa
+                jobs[w].plen = j.plen
+                jobs[w].ct = j.ct
+                j = &jobs[w]
             w += 1
-            sa = &self.t.sas[s]
-            kk = sa.keys
-            p = b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i]
-            n = j.plen
-            ivp = NULL
-            if kk.kind == KIND_CBC_HMAC:
-                ivp = self._iv(b, i)
-            elif self.fixed_ivs and kk.kind == KIND_GCM:
-                ivp = b.c_iv + i * 16           # tests: a published vector's explicit IV
-            esp_len = esp_frame_out(j, kk, p, n, sa.spi, seq, sa.esn, 41, ivp)
-            j.plen = n
-            hl = 8 + kk.iv_len
+            p = j.ct
+            if kind == KIND_GCM:
+                esp_len = esp_frame_gcm(j, kk, p, j.plen, spi, seq, esn, 41,
+                                        b.c_iv + i * 16 if fixed else NULL)
+            else:
+                ivp = NULL
+                if kind == KIND_CBC_HMAC:
+                    ivp = self._iv(b, i)
+                esp_len = esp_frame_out(j, kk, p, j.plen, spi, seq, esn, 41, ivp)
             outer = p - hl - 40
-            memcpy(outer, self.t.eps[j.ep].hdr, 40)
-            wr16(outer + 4, esp_len)
+            fp_copy40(outer, tmpl)
+            fp_st_be16(outer + 4, esp_len)
             outer[6] = 50
-            b.c_off[i] -= 40 + hl
-            b.c_len[i] = 40 + esp_len
-            b.c_sa[i] = s
-            b.c_reason[i] = 0
-            b.c_verdict[i] = V_TO_WIRE
+            c_off[i] -= 40 + hl
+            c_len[i] = 40 + esp_len
+            c_sa[i] = j.sa                      # (verdict TO_WIRE: set for the batch)
+        if cur >= 0:
+            rn = &st.runs[cur]
+            rn.next = nxt
+            rn.pk = pk
+            rn.by = by
         if w == 0:
             return
-        self.crypto.seal(self.jobs, w)
-        self._count_out(b, w)
+        if self.crypto.seal(jobs, w) != 0 or per_packet:
+            self._count_out(b, w)
+            return
+        # Every packet sealed: SA counters once per reservation run.
+        for r in range(st.nruns):
+            rn = &st.runs[r]
+            if rn.pk:
+                fp_add_u64(&t.hot[rn.sa].packets, rn.pk)
+                fp_add_u64(&t.hot[rn.sa].bytes, rn.by)
+        self.verdicts[V_TO_WIRE] += w
 
     cdef void _count_out(self, Batch b, int nj) noexcept nogil:
-        """Verdicts and SA counters after sealing, one atomic add per run."""
-        cdef int k
-        cdef int32_t cur = -1
+        """Verdicts and SA counters after sealing, one atomic add per run of
+        one SA: the slow path, when a seal failed or a batch spread over more
+        SAs than it reserved for."""
+        cdef int k, ok = 0
+        cdef int32_t cur = -1, i
         cdef uint64_t pk = 0, by = 0
         cdef fp_job *j
+        cdef fp_sa_hot *hot = NULL
+        cdef uint8_t *c_verdict = b.c_verdict
+        cdef uint8_t *c_reason = b.c_reason
+        cdef int32_t *c_sa = b.c_sa
         for k in range(nj):
             j = &self.jobs[k]
+            i = j.slot
             if not j.ok:
-                self._verdict(b, j.slot, V_DROP, R_MALFORMED, j.sa)
+                self._verdict(b, i, V_DROP, R_MALFORMED, j.sa)
                 continue
-            self.verdicts[V_TO_WIRE] += 1
+            c_verdict[i] = V_TO_WIRE
+            c_reason[i] = R_NONE
+            c_sa[i] = j.sa
+            ok += 1
             if j.sa != cur:
                 if cur >= 0:
-                    fp_add_u64(&self.t.hot[cur].packets, pk)
-                    fp_add_u64(&self.t.hot[cur].bytes, by)
+                    fp_add_u64(&hot.packets, pk)
+                    fp_add_u64(&hot.bytes, by)
                 cur = j.sa
+                hot = &self.t.hot[cur]
                 pk = 0
                 by = 0
             pk += 1
             by += <uint64_t>j.plen
         if cur >= 0:
-            fp_add_u64(&self.t.hot[cur].packets, pk)
-            fp_add_u64(&self.t.hot[cur].bytes, by)
+            fp_add_u64(&hot.packets, pk)
+            fp_add_u64(&hot.bytes, by)
+        self.verdicts[V_TO_WIRE] += ok
 
     # -- inbound ----------------------------------------------------------------
     cdef void _decap(self, Batch b) noexcept nogil:
-        cdef int i, k, cnt, nj = 0
-        cdef int32_t n, off, hl, o, ol, nh_pos, s, ct_len, esp_len
-        cdef uint8_t nh
-        cdef uint8_t *p
-        cdef const uint8_t *hoa
-        cdef const uint8_t *rh2
-        cdef fp_sa *sa
-        cdef fp_keys *kk
-        cdef fp_job *j
-        cdef uint64_t seq
-        cdef bint bad
-        cdef int32_t cur
+        """Classify and pre-check every packet (the window as it stood when
+        the batch began), open the ESP ones as a batch, then finish them in
+        packet order under their SA's replay lock (one lock and one counter
+        update per run of one SA)."""
+        cdef fp_in_state st
+        cdef int nj
         self.n_bindings = 0
-        for i in range(b.count):
-            p = self._packet(b, i)
-            if p == NULL:
-                continue
-            n = b.c_len[i]
-            # Walk the extension chain: hop-by-hop, routing, destination options.
-            nh = p[6]
-            nh_pos = 6
-            off = 40
-            hoa = NULL
-            rh2 = NULL
-            bad = False
-            cnt = 0
-            while nh == 0 or nh == 43 or nh == 60:
-                if cnt == MAX_EXT_HEADERS or off + 8 > n:
-                    bad = True
-                    break
-                hl = (<int32_t>p[off + 1] + 1) * 8
-                if off + hl > n:
-                    bad = True
-                    break
-                if nh == 43 and p[off + 2] == 2 and hl == 24:
-                    rh2 = p + off + 8         # Type 2 Routing Header (RFC 6275 §6.4)
-                if nh == 60:
-                    o = off + 2
-                    while o < off + hl:
-                        if p[o] == 0:          # Pad1
-                            o += 1
-                            continue
-                        if o + 2 > off + hl:
-                            bad = True
-                            break
-                        ol = p[o + 1]
-                        if o + 2 + ol > off + hl:
-                            bad = True
-                            break
-                        if p[o] == 201 and ol == 16:
-                            hoa = p + o + 2   # Home Address option (RFC 6275 §6.3)
-                        o += 2 + ol
-                    if bad:
-                        break
-                nh_pos = off
-                nh = p[off]
-                off += hl
-                cnt += 1
-            if bad:
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                continue
-            if nh == 50:
-                esp_len = n - off
-                if esp_len < 8:
-                    self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                    continue
-                s = sad_find_spi(self.t, rd32(p + off))
-                if s < 0:
-                    self._verdict(b, i, V_DROP, R_UNKNOWN_SPI, -1)
-                    continue
-                sa = &self.t.sas[s]
-                kk = sa.keys
-                ct_len = esp_ct_len(kk, esp_len)
-                if ct_len < 0:
-                    self._verdict(b, i, V_DROP, R_MALFORMED, s)
-                    continue
-                if sa.esn:
-                    seq = esn_infer(fp_load_u64(&self.t.hot[s].seq), rd32(p + off + 4), sa.window)
-                else:
-                    seq = rd32(p + off + 4)
-                if not replay_fresh(sa, fp_load_u64(&self.t.hot[s].seq), seq):
-                    self._verdict(b, i, V_DROP, R_REPLAY, s)
-                    continue
-                j = &self.jobs[nj]
-                nj += 1
-                j.slot = i
-                j.sa = s
-                j.esp_off = off
-                j.nh_pos = nh_pos
-                j.hoa = hoa if self.t.role == ROLE_HA else rh2
-                esp_frame_in(j, kk, p + off, ct_len, seq, sa.esn)
-                continue
-            if nh == 41:
-                self._plain(b, i, p, n, off)
-                continue
-            # Fragments, Mobility Header in the clear, ICMPv6, ...: control plane.
-            self._verdict(b, i, V_PUNT, R_NONE, -1)
+        st.s = -1
+        st.spi = 0
+        st.nj = 0
+        # Every packet goes home unless a drop, punt or binding says otherwise.
+        memset(b.c_verdict, V_TO_HOME, b.count)
+        memset(b.c_reason, R_NONE, b.count)
+        self._classify_in(b, &st)
+        nj = st.nj
         if nj == 0:
             return
         self.crypto.open(self.jobs, nj)
-        # Runs of one SA take its replay lock and update its counters once.
-        cur = -1
-        for k in range(nj):
-            if self.jobs[k].sa != cur:
-                if cur >= 0:
-                    self._end_run(cur)
-                cur = self.jobs[k].sa
-                fp_spin_lock(&self.t.hot[cur].lock)
-            self._finish_open(b, &self.jobs[k])
-        self._end_run(cur)
+        self._finish_in(b, nj)
 
-    cdef void _end_run(self, int32_t s) noexcept nogil:
-        fp_spin_unlock(&self.t.hot[s].lock)
-        if self.run_packets:
-            fp_add_u64(&self.t.hot[s].packets, self.run_packets)
-            fp_add_u64(&self.t.hot[s].bytes, self.run_bytes)
-        self.run_packets = 0
-        self.run_bytes = 0
+    cdef void _classify_in(self, Batch b, fp_in_state *st) noexcept nogil:
+        """Pass 1. The common packet - IPv6 then ESP, on the same SA as the
+        packet before, no ESN - takes a few compares; every other goes
+        through _classify_in_one()."""
+        cdef fp_job *jobs = self.jobs
+        cdef int32_t *c_off = b.c_off
+        cdef int32_t *c_len = b.c_len
+        cdef uint8_t *slot = b.c_data
+        cdef Py_ssize_t ss = b.slot_size
+        cdef int64_t lim = b.slot_size - TAILROOM
+        cdef int i, nj = st.nj
+        cdef int32_t n, off, ct_len
+        cdef uint8_t *p
+        cdef fp_job *j
+        cdef uint64_t seq
+        # the fast path's SA, in registers (fast: an SA without ESN)
+        cdef bint fast = False
+        cdef uint32_t spi = 0
+        cdef int32_t s = -1, ovh = 0, amask = 0, hin = 0
+        cdef fp_sa *sa = NULL
+        cdef fp_keys *kk = NULL
+        cdef fp_sa_hot *hot = NULL
+        for i in range(b.count):
+            # offsets/lengths are numpy arrays Python can write: never trust them.
+            off = c_off[i]
+            n = c_len[i]
+            p = slot + off
+            slot += ss
+            if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
+                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                continue
+            if fast and p[6] == 50 and n >= 48 and fp_ld_be32(p + 40) == spi:
+                ct_len = n - ovh
+                seq = fp_ld_be32(p + 44)
+                if (ct_len >= 2 and (ct_len & amask) == 0
+                        and replay_fresh(sa, fp_load_u64(&hot.seq), seq)):
+                    j = &jobs[nj]
+                    nj += 1
+                    j.slot = i
+                    j.sa = s                     # tunnel mode: no esp_off, nh_pos, hoa
+                    esp_frame_in(j, kk, p + 40, ct_len, seq, False)
+                    c_off[i] = off + hin         # where the inner packet will start
+                    continue
+            st.nj = nj
+            self._classify_in_one(b, i, p, n, st)
+            nj = st.nj
+            s = st.s
+            if s >= 0:
+                spi = st.spi
+                sa = &self.t.sas[s]
+                kk = sa.keys
+                hot = &self.t.hot[s]
+                fast = not sa.esn and sa.mode == MODE_TUNNEL
+                ovh = 48 + kk.iv_len + kk.icv_len
+                hin = 48 + kk.iv_len
+                amask = kk.align - 1
+            else:
+                fast = False
+        st.nj = nj
+
+    cdef void _classify_in_one(self, Batch b, int i, uint8_t *p, int32_t n,
+                               fp_in_state *st) noexcept nogil:
+        """Pass 1 for one well-formed packet, every case: the extension
+        header chain, ESP (SPI lookup, cached for the packets after it),
+        plain IPv6-in-IPv6, or a punt."""
+        cdef fp_sad *t = self.t
+        cdef int cnt = 0
+        cdef int32_t off = 40, hl, o, ol, nh_pos = 6, s, ct_len, esp_len
+        cdef uint32_t spi
+        cdef uint8_t nh = p[6]
+        cdef const uint8_t *hoa = NULL
+        cdef const uint8_t *rh2 = NULL
+        cdef fp_sa *sa
+        cdef fp_job *j
+        cdef uint64_t seq, T
+        cdef bint bad = False
+        # Walk the extension chain: hop-by-hop, routing, destination options.
+        while nh == 0 or nh == 43 or nh == 60:
+            if cnt == MAX_EXT_HEADERS or off + 8 > n:
+                bad = True
+                break
+            hl = (<int32_t>p[off + 1] + 1) * 8
+            if off + hl > n:
+                bad = True
+                break
+            if nh == 43 and p[off + 2] == 2 and hl == 24:
+                rh2 = p + off + 8         # Type 2 Routing Header (RFC 6275 §6.4)
+            if nh == 60:
+                o = off + 2
+                while o < off + hl:
+                    if p[o] == 0:          # Pad1
+                        o += 1
+                        continue
+                    if o + 2 > off + hl:
+                        bad = True
+                        break
+                    ol = p[o + 1]
+                    if o + 2 + ol > off + hl:
+                        bad = True
+                        break
+                    if p[o] == 201 and ol == 16:
+                        hoa = p + o + 2   # Home Address option (RFC 6275 §6.3)
+                    o += 2 + ol
+                if bad:
+                    break
+            nh_pos = off
+            nh = p[off]
+            off += hl
+            cnt += 1
+        if bad:
+            self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+            return
+        if nh == 41:
+            self._plain(b, i, p, n, off)
+            return
+        if nh != 50:
+            # Fragments, Mobility Header in the clear, ICMPv6, ...: control plane.
+            self._verdict(b, i, V_PUNT, R_NONE, -1)
+            return
+        esp_len = n - off
+        if esp_len < 8:
+            self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+            return
+        # Consecutive packets of one SA (a run) share its lookup.
+        spi = fp_ld_be32(p + off)
+        s = st.s
+        if spi != st.spi or s < 0:
+            s = sad_find_spi(t, spi)
+            st.s = s
+            st.spi = spi
+            if s < 0:
+                self._verdict(b, i, V_DROP, R_UNKNOWN_SPI, -1)
+                return
+        sa = &t.sas[s]
+        ct_len = esp_ct_len(sa.keys, esp_len)
+        if ct_len < 0:
+            self._verdict(b, i, V_DROP, R_MALFORMED, s)
+            return
+        T = fp_load_u64(&t.hot[s].seq)
+        if sa.esn:
+            seq = esn_infer(T, fp_ld_be32(p + off + 4), sa.window)
+        else:
+            seq = fp_ld_be32(p + off + 4)
+        if not replay_fresh(sa, T, seq):
+            self._verdict(b, i, V_DROP, R_REPLAY, s)
+            return
+        j = &self.jobs[st.nj]
+        st.nj += 1
+        j.slot = i
+        j.sa = s
+        j.esp_off = off
+        j.nh_pos = nh_pos
+        j.hoa = hoa if t.role == ROLE_HA else rh2
+        esp_frame_in(j, sa.keys, p + off, ct_len, seq, sa.esn)
+        if sa.mode == MODE_TUNNEL:
+            # Where the inner packet will start (a drop's offset does not
+            # matter; transport mode moves the header chain instead).
+            b.c_off[i] += off + 8 + sa.keys.iv_len
+
+    cdef void _finish_in(self, Batch b, int nj) noexcept nogil:
+        """Pass 3, in packet order: ICV verdict, padding, replay commit, inner
+        packet checks. Runs of one SA take its replay lock once and add to its
+        counters once."""
+        cdef fp_sad *t = self.t
+        cdef fp_job *jobs = self.jobs
+        cdef int32_t *c_off = b.c_off
+        cdef int32_t *c_len = b.c_len
+        cdef int32_t *c_sa = b.c_sa
+        cdef uint8_t *data = b.c_data
+        cdef Py_ssize_t ss = b.slot_size
+        cdef int src = 8 if t.role == ROLE_HA else 24
+        cdef int k, i, ok = 0
+        cdef int32_t s, cur = -1, plen
+        cdef uint8_t nxt
+        cdef uint64_t pk = 0, by = 0, hi = 0, lo = 0
+        cdef fp_sa *sa = NULL
+        cdef fp_sa_hot *hot = NULL
+        cdef fp_job *j
+        for k in range(nj):
+            j = &jobs[k]
+            s = j.sa
+            if s != cur:
+                if cur >= 0:
+                    fp_spin_unlock(&hot.lock)
+                    if pk:
+                        fp_add_u64(&hot.packets, pk)
+                        fp_add_u64(&hot.bytes, by)
+                cur = s
+                sa = &t.sas[s]
+                hot = &t.hot[s]
+                hi = fp_ld_u64(sa.hoa)
+                lo = fp_ld_u64(sa.hoa + 8)
+                pk = 0
+                by = 0
+                fp_spin_lock(&hot.lock)
+            i = j.slot
+            if not j.ok:
+                self._verdict(b, i, V_DROP, R_ICV, s)
+                continue
+            plen = esp_trailer(j, &nxt)
+            if plen < 0:
+                self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
+                continue
+            if not replay_commit_locked(sa, hot, j.seq):
+                self._verdict(b, i, V_DROP, R_REPLAY, s)
+                continue
+            if nxt == 59:
+                self._verdict(b, i, V_DROP, R_DUMMY, s)
+                continue
+            if sa.mode != MODE_TUNNEL:
+                plen = self._finish_transport(b, j, sa, plen, nxt)
+                if plen >= 0:
+                    pk += 1
+                    by += <uint64_t>plen
+                continue
+            if nxt != 41 or not ipv6_ok(j.ct, plen):
+                self._verdict(b, i, V_DROP, R_MALFORMED, s)
+                continue
+            # RFC 4301 inbound selector: HA: from the HoA; MN: to the HoA.
+            if not fp_eq128(j.ct + src, hi, lo):
+                self._verdict(b, i, V_DROP, R_POLICY, s)
+                continue
+            c_len[i] = plen                     # (offset: set in pass 1)
+            c_sa[i] = s                         # (verdict TO_HOME: set for the batch)
+            ok += 1
+            pk += 1
+            by += <uint64_t>plen
+        if cur >= 0:
+            fp_spin_unlock(&hot.lock)
+            if pk:
+                fp_add_u64(&hot.packets, pk)
+                fp_add_u64(&hot.bytes, by)
+        self.verdicts[V_TO_HOME] += ok
 
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil:
         # IPv6-in-IPv6 without ESP: the outer source must be the registered CoA
@@ -653,72 +1007,45 @@ cdef class Engine:
         b.c_len[i] = n - off
         self._verdict(b, i, V_TO_HOME, R_NONE, -1)
 
-    cdef void _finish_open(self, Batch b, fp_job *j) noexcept nogil:
+    cdef int32_t _finish_transport(self, Batch b, fp_job *j, fp_sa *sa, int32_t plen,
+                                   uint8_t nxt) noexcept nogil:
+        """_finish_in() for a transport-mode SA (a BU at the HA, a BA at the
+        MN): the packet with ESP removed goes to the control plane. Returns
+        the bytes counted, or -1 when it was dropped."""
         cdef int i = j.slot
         cdef int32_t s = j.sa
-        cdef fp_sa *sa = &self.t.sas[s]
-        cdef int32_t plen, hl, newlen
-        cdef uint8_t nxt
+        cdef int32_t hl, newlen
         cdef uint8_t *p
         cdef uint8_t *q
         cdef fp_binding_rec *r
-        if not j.ok:
-            self._verdict(b, i, V_DROP, R_ICV, s)
-            return
-        plen = esp_trailer(j, &nxt)
-        if plen < 0:
-            self._verdict(b, i, V_DROP, R_BAD_PADDING, s)
-            return
-        if not replay_commit_locked(sa, &self.t.hot[s], j.seq):
-            self._verdict(b, i, V_DROP, R_REPLAY, s)
-            return
-        if nxt == 59:
-            self._verdict(b, i, V_DROP, R_DUMMY, s)
-            return
-        if sa.mode == MODE_TUNNEL:
-            if nxt != 41 or not ipv6_ok(j.ct, plen):
-                self._verdict(b, i, V_DROP, R_MALFORMED, s)
-                return
-            # RFC 4301 inbound selector: HA: from the HoA; MN: to the HoA.
-            if memcmp(j.ct + (8 if self.t.role == ROLE_HA else 24), sa.hoa, 16) != 0:
-                self._verdict(b, i, V_DROP, R_POLICY, s)
-                return
-            b.c_off[i] = <int32_t>(j.ct - (b.c_data + <Py_ssize_t>i * b.slot_size))
-            b.c_len[i] = plen
-        else:
-            # Transport mode (binding SA): the HAO (at the HA; the Type 2 Routing
-            # Header at the MN) must name this SA's mobile node.
-            if j.hoa == NULL or memcmp(j.hoa, sa.hoa, 16) != 0:
-                self._verdict(b, i, V_DROP, R_POLICY, s)
-                return
-            if nxt != 135:
-                self._verdict(b, i, V_DROP, R_MALFORMED, s)
-                return
-            hl = 8 + sa.keys.iv_len
-            newlen = j.esp_off + plen
-            if newlen > BINDING_MAX:
-                self._verdict(b, i, V_DROP, R_MALFORMED, s)
-                return
-            # Remove ESP: slide the IPv6 header chain up against the payload.
-            p = j.esp - j.esp_off
-            q = p + hl
-            memmove(q, p, j.esp_off)
-            q[j.nh_pos] = 135
-            wr16(q + 4, newlen - 40)
-            b.c_off[i] += hl
-            b.c_len[i] = newlen
-            r = &self.bindings[self.n_bindings]
-            self.n_bindings += 1
-            r.slot = i
-            r.sa = s
-            r.seq = j.seq
-            r.length = newlen
-            r.mh_offset = j.esp_off
-            memcpy(r.data, q, newlen)
-            self.run_packets += 1
-            self.run_bytes += <uint64_t>newlen
-            self._verdict(b, i, V_BINDING, R_NONE, s)
-            return
-        self.run_packets += 1
-        self.run_bytes += <uint64_t>plen
-        self._verdict(b, i, V_TO_HOME, R_NONE, s)
+        # Transport mode (binding SA): the HAO (at the HA; the Type 2 Routing
+        # Header at the MN) must name this SA's mobile node.
+        if j.hoa == NULL or memcmp(j.hoa, sa.hoa, 16) != 0:
+            self._verdict(b, i, V_DROP, R_POLICY, s)
+            return -1
+        if nxt != 135:
+            self._verdict(b, i, V_DROP, R_MALFORMED, s)
+            return -1
+        hl = 8 + sa.keys.iv_len
+        newlen = j.esp_off + plen
+        if newlen > BINDING_MAX:
+            self._verdict(b, i, V_DROP, R_MALFORMED, s)
+            return -1
+        # Remove ESP: slide the IPv6 header chain up against the payload.
+        p = j.esp - j.esp_off
+        q = p + hl
+        memmove(q, p, j.esp_off)
+        q[j.nh_pos] = 135
+        wr16(q + 4, newlen - 40)
+        b.c_off[i] += hl
+        b.c_len[i] = newlen
+        r = &self.bindings[self.n_bindings]
+        self.n_bindings += 1
+        r.slot = i
+        r.sa = s
+        r.seq = j.seq
+        r.length = newlen
+        r.mh_offset = j.esp_off
+        memcpy(r.data, q, newlen)
+        self._verdict(b, i, V_BINDING, R_NONE, s)
+        return newlen

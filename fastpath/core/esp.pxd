@@ -5,6 +5,9 @@ from libc.string cimport memcpy
 from fastpath.core.includes.openssl cimport (EVP_CIPHER, EVP_CIPHER_CTX, SHA_CTX, SHA256_CTX,
                                             OSSL_PARAM)
 from fastpath.core.includes.ipsecmb cimport fp_mb_mgr
+from fastpath.core.includes.fpbytes cimport (fp_st_be32, fp_st_be64, fp_st_esp_hdr,
+                                             fp_esp_trailer, fp_pad_ok)
+cimport cython
 
 cdef enum:
     KIND_GCM = 1
@@ -47,37 +50,43 @@ cdef struct fp_ossl:
     EVP_CIPHER_CTX *c
     uint8_t last[16]    # CBC: the context's running IV (last ciphertext block)
 
-# One packet's crypto work, filled by the framing stage of the engine.
+# One packet's crypto work, filled by the framing stage of the engine: 192
+# bytes, three cache lines in a 64-byte aligned array. GCM, either way, and
+# the engine's bookkeeping of a tunnel packet use the first two lines only;
+# the third holds what HMAC, ESN and transport mode add.
 cdef struct fp_job:
+    fp_keys *keys
+    uint8_t *esp        # start of the ESP header: start of the ICV's coverage (CBC IV at esp + 8)
+    uint8_t *ct         # ciphertext (in place)
+    uint8_t *icv        # where the ICV is / goes on the wire
+    const uint8_t *aad  # GCM AAD: the ESP header itself, or scratch with ESN
+    const uint8_t *rx   # decap: the ICV as received (in place, or scratch with ESN)
+    uint32_t ct_len
+    uint32_t aad_len
+    int ok              # 1 when sealed / when the ICV matched
+    uint8_t nonce[12]   # GCM: salt | explicit IV
+    # engine bookkeeping carried from framing to verdict (not used by crypto)
     int32_t slot        # batch index
     int32_t sa          # SA index (selects per-worker cipher contexts)
-    fp_keys *keys
-    uint8_t *esp        # start of the ESP header: start of the ICV's coverage
-    uint32_t auth_len   # bytes the ICV covers from esp (includes ESN seq_hi)
-    uint8_t *ct         # ciphertext (in place)
-    uint32_t ct_len
-    uint8_t *icv        # where the ICV is / goes on the wire
-    uint8_t *iv         # CBC IV on the wire
-    uint8_t nonce[12]   # GCM: salt | explicit IV
-    uint8_t aad[12]
-    uint32_t aad_len
-    uint8_t rx_icv[32]  # ICV as received (decap)
-    uint8_t tag[32]     # ICV as computed
-    int ok              # decap: 1 when the ICV matched
-    # engine bookkeeping carried from framing to verdict (not used by crypto)
-    uint64_t seq
     int32_t plen        # payload length (encap: the inner packet)
-    int32_t ep          # encap: endpoint record read for this packet
     int32_t run         # encap: index in the batch's sequence-number reservations
+    uint64_t seq        # decap
+    uint8_t tag[32]     # ICV as computed (decap; encap with ESN)
+    # -- third line: HMAC, ESN, transport mode, encap without a reservation
+    uint8_t *tag_out    # encap, HMAC: where the ICV is computed (icv, or tag with ESN)
+    uint32_t auth_len   # bytes the ICV covers from esp (includes ESN seq_hi)
+    int32_t ep          # encap: endpoint record read for this packet (no reservation)
     int32_t esp_off     # offset of the ESP header in the packet
     int32_t nh_pos      # offset of the next-header byte that names ESP
     const uint8_t *hoa  # Home Address option's address, if any
+    uint8_t scratch[32] # with ESN: the GCM AAD (12 bytes) / the HMAC ICV as received
 
 cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int align,
                    const uint8_t *enc_key, int enc_key_len, const uint8_t *auth_key,
                    int auth_key_len, const uint8_t *salt, fp_mb_mgr *mb) noexcept nogil
 cdef void keys_free(fp_keys *k) noexcept nogil
 
+@cython.final
 cdef class CryptoWorker:
     cdef int backend
     cdef int capacity
@@ -87,73 +96,79 @@ cdef class CryptoWorker:
     cdef fp_mb_mgr *mb
     cdef void *gcm_ctx             # ipsec-mb GCM scratch (struct gcm_context_data)
     cdef void *burst               # ipsec-mb job array for bursts (MB_BURST jobs)
-    cdef void seal(self, fp_job *jobs, int n) noexcept nogil
-    cdef void open(self, fp_job *jobs, int n) noexcept nogil
+    cdef int seal(self, fp_job *jobs, int n) noexcept nogil
+    cdef int open(self, fp_job *jobs, int n) noexcept nogil
     cdef fp_ossl *_ctx(self, fp_job *j, int enc) noexcept nogil
     cdef bint _cbc(self, fp_ossl *o, fp_job *j, int enc) noexcept nogil
     cdef bint _gcm(self, fp_job *j, int enc) noexcept nogil
-    cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
-    cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil
-    cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil
-    cdef void _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil
-    cdef void _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil
+    cdef int _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
+    cdef int _ossl_open(self, fp_job *jobs, int n) noexcept nogil
+    cdef int _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil
+    cdef int _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil
+    cdef int _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil
 
 
-cdef inline void _be32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
+cdef inline int32_t esp_frame_gcm(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
+                                  uint32_t spi, uint64_t seq, bint esn, uint8_t next_header,
+                                  const uint8_t *iv) noexcept nogil:
+    """esp_frame_out() for an AES-GCM SA (RFC 4106): explicit IV = the
+    sequence number unless `iv` (8 bytes) overrides it; the AAD is the ESP
+    header itself without ESN."""
+    cdef int32_t padded = (n + 2 + 3) & ~3
+    cdef uint8_t *esp = p - 16
+    j.keys = k
+    j.esp = esp
+    j.ct = p
+    j.ct_len = padded
+    j.icv = p + padded
+    fp_st_esp_hdr(esp, spi, <uint32_t>seq)
+    memcpy(j.nonce, k.salt, 4)
+    if iv != NULL:
+        memcpy(esp + 8, iv, 8)
+        memcpy(j.nonce + 4, iv, 8)
+    else:                                # explicit IV = sequence number: unique under the key
+        fp_st_be64(esp + 8, seq)
+        fp_st_be64(j.nonce + 4, seq)
+    fp_esp_trailer(p, n, padded - n - 2, next_header)     # padding 1, 2, 3, ...
+    if esn:
+        fp_st_be32(j.scratch, spi)
+        fp_st_be64(j.scratch + 4, seq)
+        j.aad = j.scratch
+        j.aad_len = 12
+    else:
+        j.aad = esp                      # SPI | sequence number, as on the wire
+        j.aad_len = 8
+    return 16 + padded + 16
 
 
 cdef inline int32_t esp_frame_out(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
                                   uint32_t spi, uint64_t seq, bint esn, uint8_t next_header,
                                   const uint8_t *iv) noexcept nogil:
     """Frame the payload p[0:n] as ESP in place (RFC 4303 §2): header and IV
-    before p, trailer and ICV room after it; fill the job for seal(). `iv` is
-    the CBC IV (16 bytes), or for GCM an explicit-IV override (8 bytes; NULL:
-    the sequence number). Returns the ESP length (header .. ICV)."""
+    before p, trailer and ICV room after it (16 bytes after p + n are
+    written); fill the job for seal(). `iv` is the CBC IV (16 bytes), or for
+    GCM an explicit-IV override (8 bytes; NULL: the sequence number).
+    Returns the ESP length (header .. ICV)."""
     cdef int32_t padded = (n + 2 + k.align - 1) & ~(k.align - 1)
-    cdef int32_t pad = padded - n - 2
     cdef int32_t hl = 8 + k.iv_len
     cdef uint8_t *esp = p - hl
-    cdef int32_t x
+    if k.kind == KIND_GCM:
+        return esp_frame_gcm(j, k, p, n, spi, seq, esn, next_header, iv)
     j.keys = k
-    j.seq = seq
-    j.esp = esp
-    j.iv = esp + 8
     j.ct = p
     j.ct_len = padded
     j.icv = p + padded
+    j.esp = esp
+    j.tag_out = j.icv
     j.auth_len = hl + padded
-    _be32(esp, spi)
-    _be32(esp + 4, <uint32_t>seq)
-    for x in range(pad):                 # default padding: 1, 2, 3, ...
-        p[n + x] = <uint8_t>(x + 1)
-    p[n + pad] = <uint8_t>pad
-    p[n + pad + 1] = next_header
-    if k.kind == KIND_GCM:
-        if iv != NULL:
-            memcpy(esp + 8, iv, 8)
-        else:                            # explicit IV = sequence number: unique under the key
-            _be32(esp + 8, <uint32_t>(seq >> 32))
-            _be32(esp + 12, <uint32_t>seq)
-        memcpy(j.nonce, k.salt, 4)
-        memcpy(j.nonce + 4, esp + 8, 8)
-        _be32(j.aad, spi)
-        if esn:
-            _be32(j.aad + 4, <uint32_t>(seq >> 32))
-            _be32(j.aad + 8, <uint32_t>seq)
-            j.aad_len = 12
-        else:
-            _be32(j.aad + 4, <uint32_t>seq)
-            j.aad_len = 8
-    else:
-        if k.kind == KIND_CBC_HMAC:
-            memcpy(esp + 8, iv, 16)
-        if esn:                          # the ICV covers seq_hi, placed where the ICV goes
-            _be32(j.icv, <uint32_t>(seq >> 32))
-            j.auth_len += 4
+    fp_st_esp_hdr(esp, spi, <uint32_t>seq)
+    fp_esp_trailer(p, n, padded - n - 2, next_header)     # padding 1, 2, 3, ...
+    if k.kind == KIND_CBC_HMAC:
+        memcpy(esp + 8, iv, 16)
+    if esn:                              # the ICV covers seq_hi, placed where the ICV goes
+        fp_st_be32(j.icv, <uint32_t>(seq >> 32))
+        j.auth_len += 4
+        j.tag_out = j.tag                # computed apart, then copied over seq_hi
     return hl + padded + k.icv_len
 
 
@@ -171,25 +186,28 @@ cdef inline void esp_frame_in(fp_job *j, fp_keys *k, uint8_t *esp, int32_t ct_le
     j.keys = k
     j.seq = seq
     j.esp = esp
-    j.iv = esp + 8
-    j.ct = j.iv + k.iv_len
+    j.ct = esp + 8 + k.iv_len
     j.ct_len = ct_len
-    j.icv = j.ct + ct_len
-    memcpy(j.rx_icv, j.icv, k.icv_len)
-    j.auth_len = 8 + k.iv_len + ct_len
-    if k.kind == KIND_GCM:
+    j.rx = j.ct + ct_len                 # the ICV as received
+    if k.kind == KIND_GCM:              # (GCM needs no iv, icv, auth_len)
         memcpy(j.nonce, k.salt, 4)
-        memcpy(j.nonce + 4, j.iv, 8)
-        memcpy(j.aad, esp, 4)
+        memcpy(j.nonce + 4, esp + 8, 8)
         if esn:
-            _be32(j.aad + 4, <uint32_t>(seq >> 32))
-            memcpy(j.aad + 8, esp + 4, 4)
+            memcpy(j.scratch, esp, 4)
+            fp_st_be32(j.scratch + 4, <uint32_t>(seq >> 32))
+            memcpy(j.scratch + 8, esp + 4, 4)
+            j.aad = j.scratch
             j.aad_len = 12
         else:
-            memcpy(j.aad + 4, esp + 4, 4)
+            j.aad = esp
             j.aad_len = 8
-    elif esn:
-        _be32(j.icv, <uint32_t>(seq >> 32))
+        return
+    j.icv = j.ct + ct_len
+    j.auth_len = 8 + k.iv_len + ct_len
+    if esn:
+        memcpy(j.scratch, j.icv, k.icv_len)
+        j.rx = j.scratch
+        fp_st_be32(j.icv, <uint32_t>(seq >> 32))
         j.auth_len += 4
 
 
@@ -197,12 +215,11 @@ cdef inline int32_t esp_trailer(const fp_job *j, uint8_t *next_header) noexcept 
     """After a successful open(): check the padding (1, 2, 3, ...) and return
     the payload length, or -1 for bad padding."""
     cdef int32_t padlen = j.ct[j.ct_len - 2]
-    cdef int32_t plen, x
+    cdef int32_t plen
     if padlen + 2 > <int32_t>j.ct_len:
         return -1
     plen = j.ct_len - 2 - padlen
-    for x in range(padlen):
-        if j.ct[plen + x] != <uint8_t>(x + 1):
-            return -1
+    if not fp_pad_ok(j.ct + plen, padlen):
+        return -1
     next_header[0] = j.ct[j.ct_len - 1]
     return plen

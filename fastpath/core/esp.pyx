@@ -19,6 +19,8 @@ from libc.string cimport memcpy, memset
 
 from fastpath.core.includes.openssl cimport *
 from fastpath.core.includes.ipsecmb cimport *
+from fastpath.core.includes.fpbytes cimport fp_icv_eq
+from fastpath.core.batch cimport Batch
 
 
 cdef inline void _sha_pads(fp_keys *k, const uint8_t *key, int key_len) noexcept nogil:
@@ -188,17 +190,18 @@ cdef class CryptoWorker:
     def backend_name(self):
         return "ipsecmb" if self.backend == BACKEND_IPSECMB else "openssl"
 
-    cdef void seal(self, fp_job *jobs, int n) noexcept nogil:
+    cdef int seal(self, fp_job *jobs, int n) noexcept nogil:
+        """Encrypt and compute the ICV of every job; returns how many failed
+        (their j.ok is 0)."""
         if self.backend == BACKEND_IPSECMB:
-            self._mb_run(jobs, n, 1)
-        else:
-            self._ossl_seal(jobs, n)
+            return self._mb_run(jobs, n, 1)
+        return self._ossl_seal(jobs, n)
 
-    cdef void open(self, fp_job *jobs, int n) noexcept nogil:
+    cdef int open(self, fp_job *jobs, int n) noexcept nogil:
+        """Check the ICV and decrypt every job; returns how many failed."""
         if self.backend == BACKEND_IPSECMB:
-            self._mb_run(jobs, n, 0)
-        else:
-            self._ossl_open(jobs, n)
+            return self._mb_run(jobs, n, 0)
+        return self._ossl_open(jobs, n)
 
     # -- OpenSSL ---------------------------------------------------------
     cdef fp_ossl *_ctx(self, fp_job *j, int enc) noexcept nogil:
@@ -230,7 +233,7 @@ cdef class CryptoWorker:
         cdef int x
         if enc:
             for x in range(16):
-                j.ct[x] ^= j.iv[x] ^ o.last[x]
+                j.ct[x] ^= j.esp[8 + x] ^ o.last[x]
             if EVP_Cipher(o.c, j.ct, j.ct, j.ct_len) != <int>j.ct_len:
                 EVP_CipherInit_ex2(o.c, NULL, NULL, _ZERO16, enc, NULL)
                 memset(o.last, 0, 16)
@@ -243,7 +246,7 @@ cdef class CryptoWorker:
             memset(o.last, 0, 16)
             return False
         for x in range(16):
-            j.ct[x] ^= j.iv[x] ^ o.last[x]
+            j.ct[x] ^= j.esp[8 + x] ^ o.last[x]
         memcpy(o.last, save, 16)
         return True
 
@@ -259,7 +262,7 @@ cdef class CryptoWorker:
         if enc:
             self.gcm_in[1] = OSSL_PARAM_construct_end()
         else:
-            self.gcm_in[1] = OSSL_PARAM_construct_octet_string(b"tag", j.rx_icv, 16)
+            self.gcm_in[1] = OSSL_PARAM_construct_octet_string(b"tag", <void *>j.rx, 16)
         if (EVP_CIPHER_CTX_set_params(o.c, self.gcm_in) != 1
                 or EVP_CipherUpdate(o.c, NULL, &outl, j.aad, j.aad_len) != 1
                 or EVP_CipherUpdate(o.c, j.ct, &outl, j.ct, j.ct_len) != 1
@@ -270,8 +273,8 @@ cdef class CryptoWorker:
             return EVP_CIPHER_CTX_get_params(o.c, self.gcm_tag) == 1
         return True
 
-    cdef void _ossl_seal(self, fp_job *jobs, int n) noexcept nogil:
-        cdef int i
+    cdef int _ossl_seal(self, fp_job *jobs, int n) noexcept nogil:
+        cdef int i, bad = 0
         cdef fp_job *j
         cdef fp_ossl *o
         for i in range(n):
@@ -279,38 +282,45 @@ cdef class CryptoWorker:
             j.ok = 0
             if j.keys.kind == KIND_GCM:
                 j.ok = self._gcm(j, 1)
+                bad += not j.ok
                 continue
             if j.keys.kind == KIND_CBC_HMAC:
                 o = self._ctx(j, 1)
                 if o == NULL or not self._cbc(o, j, 1):
+                    bad += 1
                     continue
             _hmac(j.keys, j.esp, j.auth_len, j.tag)
             memcpy(j.icv, j.tag, j.keys.icv_len)
             j.ok = 1
+        return bad
 
-    cdef void _ossl_open(self, fp_job *jobs, int n) noexcept nogil:
-        cdef int i
+    cdef int _ossl_open(self, fp_job *jobs, int n) noexcept nogil:
+        cdef int i, bad = 0
         cdef fp_job *j
         cdef fp_ossl *o
         for i in range(n):
             j = &jobs[i]
             j.ok = 0
+            bad += 1
             if j.keys.kind == KIND_GCM:
                 j.ok = self._gcm(j, 0)
+                bad -= j.ok
                 continue
             # Encrypt-then-MAC: verify first, decrypt only authentic packets.
             _hmac(j.keys, j.esp, j.auth_len, j.tag)
-            if CRYPTO_memcmp(j.tag, j.rx_icv, j.keys.icv_len) != 0:
+            if not fp_icv_eq(j.tag, j.rx, j.keys.icv_len):
                 continue
             if j.keys.kind == KIND_CBC_HMAC:
                 o = self._ctx(j, 0)
                 if o == NULL or not self._cbc(o, j, 0):
                     continue
             j.ok = 1
+            bad -= 1
+        return bad
 
     # -- intel-ipsec-mb --------------------------------------------------
-    cdef void _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil:
-        cdef int i, r, m, base, small
+    cdef int _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil:
+        cdef int i, r, m, base, small, bad = 0
         cdef fp_job *j
         cdef fp_job *order[MB_SORT]
         base = 0
@@ -325,8 +335,13 @@ cdef class CryptoWorker:
                 if j.keys.kind == KIND_GCM:
                     # Direct GCM calls: ~3x OpenSSL even one packet at a time.
                     fp_mb_gcm_one(self.mb, encrypt, j.keys.mb_gcm, j.keys.enc_key_len,
-                                  self.gcm_ctx, j.ct, j.ct_len, j.nonce, j.aad, j.aad_len, j.tag)
-                    _mb_finish(j, encrypt)
+                                  self.gcm_ctx, j.ct, j.ct_len, j.nonce, j.aad, j.aad_len,
+                                  j.icv if encrypt else j.tag)
+                    if encrypt:
+                        j.ok = 1                # the ICV went straight to its place
+                    else:
+                        _mb_finish(j, 0)
+                        bad += not j.ok
                     continue
                 r = m
                 while r > 0 and <size_t>order[r - 1].keys > <size_t>j.keys:
@@ -340,9 +355,9 @@ cdef class CryptoWorker:
                 # flushed through half-empty SIMD lanes (same bytes either way).
                 for r in range(m):
                     if encrypt:
-                        self._ossl_seal(order[r], 1)
+                        bad += self._ossl_seal(order[r], 1)
                     else:
-                        self._ossl_open(order[r], 1)
+                        bad += self._ossl_open(order[r], 1)
                 continue
             # A long run of one SA goes as one cipher burst and one hash burst.
             # (A cipher burst must not mix keys: ipsec-mb 1.3 ciphers the whole
@@ -355,7 +370,7 @@ cdef class CryptoWorker:
                 while r < m and r - i < MB_BURST and order[r].keys == order[i].keys:
                     r += 1
                 if r - i >= MB_MIN_BURST:
-                    self._mb_burst(order + i, r - i, encrypt)
+                    bad += self._mb_burst(order + i, r - i, encrypt)
                 else:
                     while i < r:                  # compact the short runs to the front
                         order[small] = order[i]
@@ -363,10 +378,11 @@ cdef class CryptoWorker:
                         i += 1
                 i = r
             if small:
-                self._mb_jobs(order, small, encrypt)
+                bad += self._mb_jobs(order, small, encrypt)
+        return bad
 
-    cdef void _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil:
-        cdef int x
+    cdef int _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil:
+        cdef int x, bad = 0
         cdef fp_job *j
         cdef fp_mb_job *mj
         cdef bint cbc
@@ -378,7 +394,8 @@ cdef class CryptoWorker:
             fp_mb_job_cbc_hmac(mj, encrypt, j.keys.hash == HASH_SHA256,
                                j.keys.mb_enc, j.keys.mb_dec, j.keys.enc_key_len if cbc else 0,
                                j.esp, <uint64_t>(j.ct - j.esp), j.ct_len, j.auth_len,
-                               j.iv, j.keys.mb_ipad, j.keys.mb_opad, j.tag, j.keys.icv_len, j)
+                               j.esp + 8, j.keys.mb_ipad, j.keys.mb_opad,
+                               j.tag_out if encrypt else j.tag, j.keys.icv_len, j)
             mj = fp_mb_submit(self.mb)
             while mj != NULL:
                 _mb_job_done(mj, encrypt)
@@ -388,9 +405,12 @@ cdef class CryptoWorker:
         while mj != NULL:
             _mb_job_done(mj, encrypt)
             mj = fp_mb_flush(self.mb)
+        for x in range(n):
+            bad += not jobs[x].ok
+        return bad
 
-    cdef void _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil:
-        cdef int x, done_c = n, done_h
+    cdef int _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil:
+        cdef int x, done_c = n, done_h, bad = 0
         cdef fp_job *j
         cdef fp_keys *k = jobs[0].keys
         cdef bint cbc = k.kind == KIND_CBC_HMAC
@@ -399,7 +419,8 @@ cdef class CryptoWorker:
             fp_mb_job_cbc_hmac(fp_mb_burst_at(self.burst, x), encrypt, k.hash == HASH_SHA256,
                                k.mb_enc, k.mb_dec, k.enc_key_len if cbc else 0,
                                j.esp, <uint64_t>(j.ct - j.esp), j.ct_len, j.auth_len,
-                               j.iv, j.keys.mb_ipad, j.keys.mb_opad, j.tag, k.icv_len, j)
+                               j.esp + 8, k.mb_ipad, k.mb_opad, j.tag_out if encrypt else j.tag,
+                               k.icv_len, j)
         if encrypt:        # encrypt, then MAC the ciphertext
             if cbc:
                 done_c = fp_mb_cipher_burst(self.mb, self.burst, n, 1, k.enc_key_len)
@@ -413,6 +434,8 @@ cdef class CryptoWorker:
                 _mb_finish(jobs[x], encrypt)
             else:
                 jobs[x].ok = 0
+            bad += not jobs[x].ok
+        return bad
 
 
 cdef inline void _mb_job_done(fp_mb_job *mj, int encrypt) noexcept nogil:
@@ -425,12 +448,15 @@ cdef inline void _mb_job_done(fp_mb_job *mj, int encrypt) noexcept nogil:
 
 cdef inline void _mb_finish(fp_job *j, int encrypt) noexcept nogil:
     if encrypt:
-        memcpy(j.icv, j.tag, j.keys.icv_len)
+        # GCM and HMAC without ESN wrote the ICV in place; with ESN the HMAC
+        # went to j.tag (its place held seq_hi while it was computed).
+        if j.tag_out != j.icv:
+            memcpy(j.icv, j.tag_out, j.keys.icv_len)
         j.ok = 1
     else:
         # The library decrypts without verifying: the plaintext is never
         # released unless this constant-time compare passes.
-        j.ok = CRYPTO_memcmp(j.tag, j.rx_icv, j.keys.icv_len) == 0
+        j.ok = fp_icv_eq(j.tag, j.rx, j.keys.icv_len)
 
 
 def ipsecmb_available():
@@ -555,21 +581,31 @@ cdef class EspSA:
         start = 8 + self.k.iv_len
         return bytes(buf[start:start + plen]), nh
 
-    def prepare_bare(self, list payloads):
-        """Frame payloads once for bare_seal(): the crypto-only reference."""
+    def prepare_bare(self, list payloads, Batch batch=None):
+        """Frame payloads once for bare_seal(): the crypto-only reference.
+        With `batch`, the payloads are loaded into its slots and framed there
+        (the memory an engine call works on); else each gets a buffer."""
         cdef int i, n = len(payloads)
         cdef bytes pl
+        cdef uint8_t *p
         cdef uint8_t iv[16]
-        self._bufs = [bytearray(64 + len(x) + 64) for x in payloads]
+        if batch is not None:
+            batch.load(payloads)
+            self._bufs = [batch]
+        else:
+            self._bufs = [bytearray(64 + len(x) + 64) for x in payloads]
         free(self.jobs)
-        self.jobs = <fp_job *>calloc(n if n else 1, sizeof(fp_job))
+        self.jobs = <fp_job *>_aligned((n if n else 1) * sizeof(fp_job))
         self.n_jobs = n
         memset(iv, 7, 16)
         for i in range(n):
             pl = payloads[i]
-            memcpy(<uint8_t *>(<char *>self._bufs[i]) + 64, <const char *>pl, len(pl))
-            esp_frame_out(&self.jobs[i], self.k, <uint8_t *>(<char *>self._bufs[i]) + 64,
-                          len(pl), self.spi, i + 1, self.esn, 41, iv)
+            if batch is not None:
+                p = batch.c_data + <Py_ssize_t>i * batch.slot_size + batch.c_off[i]
+            else:
+                p = <uint8_t *>(<char *>self._bufs[i]) + 64
+                memcpy(p, <const char *>pl, len(pl))
+            esp_frame_out(&self.jobs[i], self.k, p, len(pl), self.spi, i + 1, self.esn, 41, iv)
 
     def bare_seal(self, int iterations):
         """Run only the cipher+ICV over the prepared packets, `iterations` times."""
@@ -577,4 +613,53 @@ cdef class EspSA:
         with nogil:
             for r in range(iterations):
                 self.worker.seal(self.jobs, self.n_jobs)
+
+    def prepare_bare_open(self, list packets, Batch batch not None, Batch pristine not None,
+                          int esp_off=40):
+        """For bare_open(): received packets whose ESP part (header .. ICV)
+        starts at esp_off, loaded into `batch` (where they are opened) and
+        `pristine` (what bare_open restores them from)."""
+        cdef int i, n = len(packets)
+        cdef int32_t esp_len, ct_len
+        cdef uint8_t *p
+        cdef uint64_t seq
+        if batch.slot_size != pristine.slot_size or batch.capacity != pristine.capacity:
+            raise ValueError("bare open: batch and pristine copy differ in shape")
+        batch.load(packets)
+        pristine.load(packets)
+        self._bufs = [batch, pristine]
+        free(self.jobs)
+        self.jobs = <fp_job *>_aligned((n if n else 1) * sizeof(fp_job))
+        self.n_jobs = n
+        for i in range(n):
+            p = batch.c_data + <Py_ssize_t>i * batch.slot_size + batch.c_off[i] + esp_off
+            esp_len = batch.c_len[i] - esp_off
+            ct_len = esp_ct_len(self.k, esp_len)
+            if ct_len < 0 or self.esn:
+                raise ValueError("bare open: not an ESP packet of this SA (or ESN)")
+            seq = (p[4] << 24) | (p[5] << 16) | (p[6] << 8) | p[7]
+            esp_frame_in(&self.jobs[i], self.k, p, ct_len, seq, False)
+            self.jobs[i].sa = 1              # the worker's decrypt context
+            self.jobs[i].plen = esp_len      # bytes bare_open restores
+            self.jobs[i].esp_off = <int32_t>(p - batch.c_data)
+        self.worker.open(self.jobs, n)
+        for i in range(n):
+            if not self.jobs[i].ok:
+                raise ValueError(f"bare open: packet {i} does not open under this SA")
+
+    def bare_open(self, int iterations, bint restore_only=False):
+        """Restore the prepared packets (ESP header .. ICV, from the pristine
+        copy) and open them (ICV check + decryption), `iterations` times; with
+        restore_only, only the restoring (to subtract it)."""
+        cdef int r, i
+        cdef Batch batch = self._bufs[0]
+        cdef Batch pristine = self._bufs[1]
+        cdef fp_job *j
+        with nogil:
+            for r in range(iterations):
+                for i in range(self.n_jobs):
+                    j = &self.jobs[i]
+                    memcpy(batch.c_data + j.esp_off, pristine.c_data + j.esp_off, j.plen)
+                if not restore_only:
+                    self.worker.open(self.jobs, self.n_jobs)
 

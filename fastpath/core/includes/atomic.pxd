@@ -10,6 +10,7 @@ cdef extern from "fp_atomic.h" nogil:
     uint64_t fp_next_seq(uint64_t *p, uint64_t limit)
     uint64_t fp_next_seqs(uint64_t *p, uint64_t limit, uint64_t want, uint64_t *got)
     uint64_t fp_epoch_bump(uint64_t *p)
+    void fp_epoch_leave(uint64_t *p)
     uint64_t fp_epoch_read(const uint64_t *p)
     void fp_fence()
     void fp_spin_lock(int32_t *l)

@@ -42,6 +42,13 @@ static inline uint64_t fp_next_seqs(uint64_t *p, uint64_t limit, uint64_t want, 
  * consistent so that a writer's pointer store and its later epoch read are
  * ordered against the worker's epoch increment and its pointer loads. */
 static inline uint64_t fp_epoch_bump(uint64_t *p) { return __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST); }
+/* Leaving a batch needs only release order (everything the batch did happens
+ * before the even value is seen), and only the owning worker writes its
+ * epoch: a plain store on x86 instead of a locked add. Entering keeps the
+ * full fence of fp_epoch_bump (its later endpoint loads must not pass it). */
+static inline void fp_epoch_leave(uint64_t *p) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+}
 static inline uint64_t fp_epoch_read(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void fp_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 

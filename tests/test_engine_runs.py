@@ -1,0 +1,187 @@
+"""The engine's per-run fast paths against the reference engine: batches
+spread over more SAs than one batch reserves for (SEQ_RUNS = 8), mobile
+nodes interleaved and in runs, algorithms mixed in one batch; and the
+benchmark hooks (Engine.bench_loop, EspSA.bare_open, Batch hugepages) give
+the same bytes as the plain API."""
+import random
+
+import pytest
+
+from bench.topo import (CN, HA, SPI_IN, SPI_OUT, build_table, inner_packet, load_batch,
+                        ref_engine, sa_keys)
+from fastpath.algorithms import get
+from fastpath.core.batch import Batch
+from fastpath.core.engine import Engine
+from fastpath.core.esp import EspSA, ipsecmb_available
+from fastpath.ref.ipv6 import ipv6_header
+from fastpath.verdicts import Verdict
+
+BACKENDS = ["openssl"] + (["ipsecmb"] if ipsecmb_available() else [])
+ALGS = ["aes128gcm16", "aes256-sha256", "aes128-sha1", "null-sha256"]
+N_MNS = 12          # more mobile nodes in one batch than SEQ_RUNS
+
+
+def _orders(n, rnd):
+    """Interleaved, in runs, and shuffled visits of n mobile nodes."""
+    inter = [m for _ in range(3) for m in range(n)]
+    runs = [m for m in range(n) for _ in range(3)]
+    mixed = inter[:]
+    rnd.shuffle(mixed)
+    return [inter, runs, mixed, [0, 1, 0, 1, 2, 2, 0] * 4]
+
+
+def _encap_both(table, eng, ref, mns, rnd):
+    iv_len = get(table.alg).iv_len
+    pkts = [inner_packet(CN, table.hoa(m), 48 + rnd.randrange(0, 300), fill=k)
+            for k, m in enumerate(mns)]
+    ivs = [bytes(rnd.randrange(256) for _ in range(16)) for _ in pkts] if iv_len == 16 else None
+    b = load_batch(pkts, 2048)
+    eng.fixed_ivs = ivs is not None
+    if ivs is not None:
+        for i, iv in enumerate(ivs):
+            b.set_iv(i, iv)
+    eng.encap(b)
+    got = b.results()
+    want = [(int(v), int(r), p) for v, r, p in ref.encap(pkts, ivs)]
+    return got, want
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ALGS)
+def test_encap_many_sas_match_reference(alg, backend):
+    table = build_table(alg, N_MNS, "random", ipsecmb=backend == "ipsecmb")
+    eng = Engine(table.sad, backend=backend, max_batch=64)
+    ref = ref_engine(table, range(N_MNS))
+    rnd = random.Random(3)
+    for mns in _orders(N_MNS, rnd):
+        got, want = _encap_both(table, eng, ref, mns, rnd)
+        for k, (g, w) in enumerate(zip(got, want)):
+            assert g == w, f"packet {k} (mobile node {mns[k]})"
+        assert {v for v, _, _ in got} == {int(Verdict.TO_WIRE)}
+    # counters per SA and sequence numbers: as many as packets sent, no gap
+    sent = {}
+    for mns in _orders(N_MNS, random.Random(3)):
+        for m in mns:
+            sent[m] = sent.get(m, 0) + 1
+    for sa in table.sad.sas():
+        if sa["direction"] == "out":
+            m = sa["spi"] - SPI_OUT
+            assert sa["packets_out"] == sent.get(m, 0)
+            assert table.sad.sequence(sa["spi"], "out") == sent.get(m, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ALGS)
+def test_decap_many_sas_match_reference(alg, backend):
+    table = build_table(alg, N_MNS, "random", ipsecmb=backend == "ipsecmb")
+    eng = Engine(table.sad, backend=backend, max_batch=64)
+    ref = ref_engine(table, range(N_MNS))
+    rnd = random.Random(5)
+    seq = {}
+    for mns in _orders(N_MNS, rnd):
+        pkts = []
+        for k, m in enumerate(mns):
+            seq[m] = seq.get(m, 0) + 1
+            esp = table.mn_sa(m, "in").seal(seq[m], inner_packet(table.hoa(m), CN, 48 + k, fill=k),
+                                            41, bytes(16) if get(alg).iv_len == 16 else None)
+            if k % 5 == 4:                       # a flipped bit: icv, mid-run
+                esp = esp[:-1] + bytes([esp[-1] ^ 1])
+            pkts.append(ipv6_header(table.coa(m), HA, 50, len(esp)) + esp)
+        b = load_batch(pkts, 2048)
+        eng.decap(b)
+        want = [(int(v), int(r), p) for v, r, p in ref.decap(pkts)]
+        for k, (g, w) in enumerate(zip(b.results(), want)):
+            assert g == w, f"packet {k} (mobile node {mns[k]})"
+
+
+@pytest.mark.skipif(not ipsecmb_available(), reason="needs intel-ipsec-mb")
+def test_encap_mixed_algorithms_in_one_batch():
+    """GCM and CBC-HMAC mobile nodes in one ipsec-mb batch: each packet opens
+    under its own SA."""
+    from fastpath.core.sad import SADatabase
+    sad = SADatabase(HA, 1500, sa_capacity=8, mn_capacity=8, ipsecmb=True)
+    algs = ["aes128gcm16", "aes128-sha1", "aes256gcm16", "aes256-sha256"]
+    hoas = [bytes.fromhex("20010db8000100000000000000000010") [:15] + bytes([0x10 + i])
+            for i in range(4)]
+    for i, (alg, h) in enumerate(zip(algs, hoas)):
+        sad.add_mobile_node(h, bytes.fromhex("20010db8000200000000000000000010")[:15] + bytes([i]))
+        sad.add_sa(h, "payload", "out", SPI_OUT + i, alg, *sa_keys(alg, i, "out"))
+    eng = Engine(sad, backend="ipsecmb", max_batch=64)
+    pkts, opens = [], []
+    for k in range(40):
+        i = (k // 3 + k) % 4                     # runs and switches
+        opens.append(EspSA(algs[i], SPI_OUT + i, *sa_keys(algs[i], i, "out")))
+        pkts.append(inner_packet(CN, hoas[i], 60 + k, fill=k))
+    b = load_batch(pkts, 2048)
+    eng.encap(b)
+    for k, (v, r, out) in enumerate(b.results()):
+        assert (v, r) == (int(Verdict.TO_WIRE), 0), k
+        payload, nh = opens[k].open(out[40:])
+        assert (payload, nh) == (pkts[k], 41), k
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ["aes128gcm16", "aes128-sha1"])
+@pytest.mark.parametrize("direction", ["encap", "decap"])
+def test_bench_loop_equals_the_api(alg, backend, direction):
+    """Engine.bench_loop (the benchmark's worker-style loop) processes the
+    same input to the same output as Engine.encap/decap."""
+    from bench.engine import Workload
+    table = build_table(alg, 4, "random", ipsecmb=backend == "ipsecmb")
+    wl = Workload(table, 100, 16, 2, direction == "decap")
+    srcs = [wl.encap_src] if direction == "encap" else wl.pool
+    e1 = Engine(table.sad, backend=backend, max_batch=16)
+    w = Batch(16, wl.max_packet, hugepages=True)
+    w.copy_from(srcs[0])
+    if wl.rot is not None:
+        w.data[:, w.headroom + 32:w.headroom + 40] = wl.rot[0]
+    getattr(e1, direction)(w)
+    api = w.results()
+    # the same packets once more: fresh sequence numbers / a fresh table
+    table2 = build_table(alg, 4, "random", ipsecmb=backend == "ipsecmb")
+    e2 = Engine(table2.sad, backend=backend, max_batch=16)
+    w2 = Batch(16, wl.max_packet)
+    e2.bench_loop(w2, srcs, 1, True, direction == "decap", wl.rot, 32)
+    got = w2.results()
+    want = Verdict.TO_WIRE if direction == "encap" else Verdict.TO_HOME
+    assert {v for v, _, _ in got} == {int(want)}
+    if direction == "decap" or get(alg).iv_len != 16:    # CBC IVs are random
+        assert got == api
+    e2.bench_loop(w2, srcs, 3, False, direction == "decap", wl.rot, 32)
+    assert {int(v) for v in w2.verdicts[:w2.count]} == {0}   # restored, not processed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ALGS)
+def test_bare_open(alg, backend):
+    a = get(alg)
+    table = build_table(alg, 1, "random", ipsecmb=backend == "ipsecmb")
+    sa = table.mn_sa(0, "in")
+    pkts = []
+    for k in range(10):
+        esp = sa.seal(k + 1, inner_packet(table.hoa(0), CN, 64 + 7 * k), 41,
+                      bytes(16) if a.iv_len == 16 else None)
+        pkts.append(ipv6_header(table.coa(0), HA, 50, len(esp)) + esp)
+    bare = EspSA(alg, SPI_IN, *sa_keys(alg, 0, "in"), backend=backend)
+    b, pristine = Batch(10, 2048, hugepages=True), Batch(10, 2048)
+    bare.prepare_bare_open(pkts, b, pristine)
+    bare.bare_open(5)                       # restored each time: opens every time
+    bare.bare_open(2, True)
+    assert b.results() == pristine.results()
+    wrong = EspSA(alg, SPI_IN, *sa_keys(alg, 1, "in"), backend=backend)
+    with pytest.raises(ValueError):
+        wrong.prepare_bare_open(pkts, Batch(10, 2048), Batch(10, 2048))
+    with pytest.raises(ValueError):
+        wrong.prepare_bare_open(pkts, Batch(10, 2048), Batch(11, 2048))
+
+
+def test_hugepage_batch_is_a_batch():
+    b = Batch(64, 2048, hugepages=True)
+    assert b.hugepages and not Batch(4).hugepages
+    assert b.data.shape == Batch(64, 2048).data.shape
+    assert not b.data.any()
+    pkts = [inner_packet(CN, CN, 48 + k) for k in range(64)]
+    b.load(pkts)
+    c = Batch(64, 2048)
+    c.copy_from(b)
+    assert [p for _, _, p in c.results()] == pkts == [p for _, _, p in b.results()]
