@@ -8,7 +8,8 @@ The rules are docs/engine-semantics.md; fastpath/ref/engine.py is the
 pure-Python twin used as the test oracle.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, abort
+from libc.stdio cimport fprintf, stderr
 from libc.string cimport memcpy, memmove, memcmp, memset
 
 from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM, batch_copy
@@ -388,8 +389,15 @@ cdef class Engine:
 
     cdef const uint8_t *_iv_scratch(self) noexcept nogil:
         """16 unpredictable bytes from the bulk RAND_bytes buffer."""
+        cdef int tries = 0
         if self.rnd_pos + 16 > RND_BYTES:
-            RAND_bytes(self.rnd, RND_BYTES)
+            # A CBC IV must be unpredictable (RFC 3602 §2): without fresh
+            # random bytes no CBC packet may leave, so fail closed.
+            while RAND_bytes(self.rnd, RND_BYTES) != 1:
+                tries += 1
+                if tries == 3:
+                    fprintf(stderr, b"fastpath: RAND_bytes failed: no unpredictable CBC IVs, stopping\n")
+                    abort()
             self.rnd_pos = 0
         self.rnd_pos += 16
         return self.rnd + self.rnd_pos - 16

@@ -170,8 +170,8 @@ cdef class Worker:
         self.engine = engine
         self.home_fd = home_fd
         self.wire_fd = wire_fd
-        self.home_batch = Batch(batch, max_packet)
-        self.wire_batch = Batch(batch, max_packet)
+        self.home_batch = Batch(batch, max_packet, hugepages=True)
+        self.wire_batch = Batch(batch, max_packet, hugepages=True)
         if engine is not None:
             engine.reserve(self.home_batch)
         self.punts = PuntRing()
