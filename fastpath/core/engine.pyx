@@ -26,15 +26,9 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from fastpath.verdicts import REASON_NAMES, Verdict
 
-cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-cdef inline void wr16(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 8)
-    p[1] = <uint8_t>v
+# big-endian loads and stores of header fields (includes/fp_bytes.h)
+from fastpath.core.includes.fpbytes cimport (fp_ld_be16 as rd16, fp_ld_be32 as rd32,
+                                             fp_st_be16 as wr16)
 
 cdef inline uint32_t csum_add(uint32_t sum, const uint8_t *p, int32_t n) noexcept nogil:
     cdef int32_t k = 0

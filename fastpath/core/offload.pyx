@@ -37,21 +37,9 @@ cdef enum:
     TCP_CWR = 0x80
 
 
-cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-cdef inline void wr16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 8)
-    p[1] = <uint8_t>v
-
-cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
+# big-endian loads and stores of header fields (includes/fp_bytes.h)
+from fastpath.core.includes.fpbytes cimport (fp_ld_be16 as rd16, fp_ld_be32 as rd32,
+                                             fp_st_be16 as wr16, fp_st_be32 as wr32)
 
 cdef inline uint16_t host16(const uint8_t *p) noexcept nogil:
     """A virtio_net_hdr field (host byte order, possibly unaligned)."""

@@ -20,6 +20,7 @@ static inline void fp_st_be16(uint8_t *p, uint32_t v) { uint16_t w = FP_BE16(v);
 static inline void fp_st_be32(uint8_t *p, uint32_t v) { v = FP_BE32(v); memcpy(p, &v, 4); }
 static inline void fp_st_be64(uint8_t *p, uint64_t v) { v = FP_BE64(v); memcpy(p, &v, 8); }
 static inline uint32_t fp_ld_be32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return FP_BE32(v); }
+static inline uint16_t fp_ld_be16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return FP_BE16(v); }
 /* ESP header: SPI and the low half of the sequence number, in one store. */
 static inline void fp_st_esp_hdr(uint8_t *p, uint32_t spi, uint32_t seq) {
     uint32_t w[2] = { FP_BE32(spi), FP_BE32(seq) };

@@ -1,5 +1,5 @@
 # C declarations of includes/fp_bytes.h: byte-order stores, ESP padding, ICV compare.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 
 cdef extern from "fp_bytes.h" nogil:
     void fp_st_be32(uint8_t *p, uint32_t v)
@@ -7,6 +7,7 @@ cdef extern from "fp_bytes.h" nogil:
     void fp_st_esp_hdr(uint8_t *p, uint32_t spi, uint32_t seq)
     void fp_st_be64(uint8_t *p, uint64_t v)
     uint32_t fp_ld_be32(const uint8_t *p)
+    uint16_t fp_ld_be16(const uint8_t *p)
     uint64_t fp_ld_u64(const uint8_t *p)
     bint fp_eq128(const uint8_t *p, uint64_t hi, uint64_t lo)
     void fp_copy40(uint8_t *dst, const uint8_t *src)
