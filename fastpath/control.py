@@ -26,6 +26,45 @@ SEQ_CHECK_S = 0.01        # how often reservations are checked (they hold >= 2^1
 CTL_COMMANDS = ("status", "bindings", "sas", "counters")
 
 
+_LOG_PER_S = 20               # binding lines per second at INFO; the rest are summed up
+_log_window = [0.0, 0, 0]     # [window start, lines in it, lines held back]
+
+
+def _log_decision(d) -> None:
+    """One line per Binding Update that changed or refused something (moves
+    and refusals at INFO, refreshes and discards at DEBUG), at most
+    _LOG_PER_S a second: a burst of thousands of BUs must not make the
+    control thread a log writer (each line costs more than the BU)."""
+    if d is None or not log.isEnabledFor(logging.INFO):
+        return
+    if not (d.moved or d.deregistered or (d.status is not None and d.status >= 128)):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Binding Update for %s: %s status %s %s", d.home_address.hex(), d.action,
+                      d.status, d.reason)
+        return
+    now = time.monotonic()
+    w = _log_window
+    if now - w[0] >= 1.0:
+        if w[2]:
+            log.info("%d more binding changes or refusals in the last second not logged "
+                     "(see fastpath ctl counters)", w[2])
+        w[0], w[1], w[2] = now, 0, 0
+    if w[1] >= _LOG_PER_S:
+        w[2] += 1
+        return
+    w[1] += 1
+    import ipaddress
+    hoa = ipaddress.IPv6Address(d.home_address)
+    if d.moved or d.deregistered:
+        what = ("deregistered" if d.deregistered else
+                f"moved to {ipaddress.IPv6Address(d.care_of_address)}")
+        log.info("binding %s %s (BU sequence %s, lifetime %d s, Binding Ack %s)", hoa, what,
+                 d.sequence, 4 * d.lifetime, "sent" if d.ba is not None else "not sent")
+    else:
+        log.info("Binding Update for %s refused: status %d%s", hoa, d.status,
+                 f" ({d.reason})" if d.reason else "")
+
+
 class ControlPlane:
     def __init__(self, fwd, *, control_socket: str | None = None, metrics_addr: str | None = None):
         self.fwd = fwd
@@ -147,6 +186,7 @@ class ControlPlane:
             for d in decisions:
                 if d is not None and d.ba is not None:
                     self._send_ba(d)
+                _log_decision(d)
 
     def _punt(self, pkt: bytes) -> None:
         # A Mobility Header in the clear is a Binding Update that was not
