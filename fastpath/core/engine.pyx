@@ -30,6 +30,14 @@ from fastpath.verdicts import REASON_NAMES, Verdict
 from fastpath.core.includes.fpbytes cimport (fp_ld_be16 as rd16, fp_ld_be32 as rd32,
                                              fp_st_be16 as wr16)
 
+cdef inline bint ipv6_in_slot(const uint8_t *p, int32_t off, int32_t n, int64_t lim) noexcept nogil:
+    """The slot's offset and length (numpy arrays Python can write: never
+    trusted) stay inside the slot, and p is an IPv6 header whose payload
+    length matches n. p is only read once the bounds hold."""
+    return (off >= HEADROOM and n >= 40 and <int64_t>off + n <= lim
+            and (p[0] >> 4) == 6 and 40 + <int32_t>rd16(p + 4) == n)
+
+
 cdef inline uint32_t csum_add(uint32_t sum, const uint8_t *p, int32_t n) noexcept nogil:
     cdef int32_t k = 0
     while k + 1 < n:
@@ -458,10 +466,7 @@ cdef class Engine:
             n = c_len[i]
             p = slot + off
             slot += ss
-            if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                continue
-            if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
+            if not ipv6_in_slot(p, off, n, lim):
                 self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                 continue
             # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
@@ -770,10 +775,7 @@ cdef class Engine:
             n = c_len[i]
             p = slot + off
             slot += ss
-            if off < HEADROOM or n < 40 or <int64_t>off + n > lim:
-                self._verdict(b, i, V_DROP, R_MALFORMED, -1)
-                continue
-            if (p[0] >> 4) != 6 or 40 + <int32_t>rd16(p + 4) != n:
+            if not ipv6_in_slot(p, off, n, lim):
                 self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                 continue
             if fast and p[6] == 50 and n >= 48 and fp_ld_be32(p + 40) == spi:
