@@ -146,7 +146,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", action="store_true",
                    help="also wireguard-go and strongSwan's userspace ESP (charon + "
                         "kernel-libipsec), when installed: fixed-rate CPU per packet (both ends) "
-                        "and tcp, in the same topology")
+                        "and tcp, in the same topology; and a C null forwarder (bench/fwd_null.c) "
+                        "at both ends, fixed rate: the TUN round trip's cost on this host")
     p.add_argument("--quick", action="store_true",
                    help="short run (~1.3 min per offload setting)")
     p.add_argument("--keep", action="store_true",

@@ -7,6 +7,10 @@ topology, measured the same way as fastpath (issue 3 item 7).
 wireguard-go  one wireguard-go (a TUN, ChaCha20-Poly1305 over UDP) in the HA
               namespace and one in the MN namespace, set up with `wg`; the HA
               routes the HoA into its TUN, the MN the CN's prefix.
+c-null        the reference, not a peer: bench/fwd_null.c (poll, read, write;
+              no transform) at both ends on fastpath's TUN names, carried by
+              the null run's policy routes; fixed rate only. fastpath (its
+              own null forwarder too) is compared with it without a target.
 strongswan    charon with the kernel-libipsec plugin (strongSwan's userspace
               ESP: a TUN named ipsec0, ESP in its own process) at both ends,
               IKEv2 with a pre-shared key between the HA address and the CoA
@@ -43,8 +47,10 @@ from pathlib import Path
 
 from bench import common
 from bench import forward as F
+from fastpath.netlink import QUEUE_LEN
 
-PEERS = ("wireguard-go", "strongswan")
+PEERS = ("c-null", "wireguard-go", "strongswan")
+REFERENCE = "c-null"                   # measured like a peer, compared without a target
 WG_PORT_HA, WG_PORT_MN = 51820, 51821
 WG_RUN = Path("/var/run/wireguard")
 CHARON_PATHS = ("/usr/lib/ipsec/charon", "/usr/libexec/ipsec/charon",
@@ -81,6 +87,8 @@ def _plugin(name: str) -> str | None:
 
 def missing(peer: str) -> str | None:
     """Why `peer` cannot run here (None: it can)."""
+    if peer == REFERENCE:
+        return None if (shutil.which("gcc") or shutil.which("cc")) else "no C compiler"
     if peer == "wireguard-go":
         lack = [b for b in ("wireguard-go", "wg") if not shutil.which(b)]
         if lack:
@@ -119,6 +127,7 @@ class Peer:
     """One tunnel implementation at both ends; start() -> (ha, mn) as
     forward.Forwarder objects (sock None, home_dev = the HA's TUN)."""
     name = ""
+    modes = ("fixed", "tcp")
 
     def __init__(self, ctx: F.Ctx):
         self.ctx, self.lab = ctx, ctx.lab
@@ -205,6 +214,48 @@ class WireGuard(Peer):
         r = subprocess.run(["wireguard-go", "--version"], capture_output=True, text=True)
         return {"version": (r.stdout or r.stderr).strip(), "cipher": "ChaCha20-Poly1305 (UDP)",
                 "mtu": 1420}
+
+
+class CNull(Peer):
+    """The reference, not a peer: bench/fwd_null.c at both ends, a C null
+    TUN-to-TUN forwarder (poll, read until EAGAIN, write; no transform) on
+    fastpath's device names, so the null run's policy routes carry its
+    packets: CN -> HA fp-home -> fwd_null -> fp-wire -> router -> MN fp-wire
+    -> fwd_null -> fp-home -> the HoA. Fixed rate only: what the TUN round
+    trip costs this host in C, next to fastpath's own null forwarder."""
+    name = "c-null"
+    modes = ("fixed",)
+
+    def start(self) -> tuple[F.Forwarder, F.Forwarder]:
+        cc = shutil.which("gcc") or shutil.which("cc")
+        binary = self.dir / "fwd_null"
+        _run([cc, "-O2", "-Wall", "-o", str(binary), str(F.HERE / "fwd_null.c")], "cc fwd_null.c")
+        self.underlay()
+        ctx = self.ctx
+        for short, cpus in (("ha", ctx.ha_cpus), ("mn", ctx.other_cpus)):
+            fw = self.daemon(short, f"{short}-fwd_null", [str(binary), "fp-home", "fp-wire"],
+                             cpus, "fp-home")
+            setattr(self, short, fw)
+            self.wait_for_line(fw, "ready")
+            for dev in ("fp-home", "fp-wire"):     # fastpath's queue length, for the same drops
+                self.lab.nip(short, "link", "set", dev, "up", "txqueuelen", str(QUEUE_LEN))
+        subprocess.run(["ip", "netns", "exec", self.lab.ns("mn"), "sysctl", "-qw",
+                        "net.ipv6.conf.all.forwarding=1"], check=True, capture_output=True)
+        self.lab.nip("ha", "-6", "route", "add", f"{F.HOA}/128", "dev", "fp-home")
+        self.lab.policy_route_tuns()
+        return self.ha, self.mn
+
+    def wait_for_line(self, fw: F.Forwarder, line: str, timeout: float = 10) -> None:
+        end = time.monotonic() + timeout
+        while line not in fw.log.read_text().split():
+            if not fw.alive():
+                raise PeerFailed(f"{fw.name} exited with {fw.proc.returncode}:\n{fw.log_tail()}")
+            if time.monotonic() > end:
+                raise PeerFailed(f"{fw.name}: not ready after {timeout:.0f} s:\n{fw.log_tail()}")
+            time.sleep(0.05)
+
+    def describe(self) -> dict:
+        return {"version": "bench/fwd_null.c", "cipher": "none (reference)"}
 
 
 class StrongSwan(Peer):
@@ -330,13 +381,16 @@ def run_peers(ctx: F.Ctx, say) -> dict:
             "skipped")
         out["skipped"] = {p: "no fixed or tcp mode" for p in PEERS}
         return out
-    for cls in (WireGuard, StrongSwan):
+    for cls in (CNull, WireGuard, StrongSwan):
         why = missing(cls.name)
         if why:
             say(f"--peers: {cls.name}: {why}: skipped (the bench does not install packages)")
             out["skipped"][cls.name] = why
             continue
         peer = cls(ctx)
+        mine = [m for m in modes if m in cls.modes]
+        if not mine:
+            continue
         say(f"--peers: {cls.name}")
         try:
             ha, mn = peer.start()
@@ -344,7 +398,7 @@ def run_peers(ctx: F.Ctx, say) -> dict:
             F.probe(ctx, ha, mn, cls.name)
             for rnd in range(args.rounds):
                 label = f"r{rnd} {cls.name:12s}"
-                if "fixed" in modes:
+                if "fixed" in mine:
                     for size in args.size:
                         f = F.measure(ctx, lambda: F.figures(
                             F.run_traffic(ctx, ha, mn, size, args.rate, args.warmup,
@@ -353,7 +407,7 @@ def run_peers(ctx: F.Ctx, say) -> dict:
                         out["cells"].append({"peer": cls.name, "size": size, "mode": "fixed",
                                              "round": rnd, "rate": args.rate, **f})
                         F.say_udp(say, label, size, "fixed", f)
-                if "tcp" in modes and ctx.iperf3:
+                if "tcp" in mine and ctx.iperf3:
                     f = F.measure(ctx, lambda: F.tcp_figures(
                         F.run_tcp(ctx, ha, mn, args.tcp_warmup, args.tcp_seconds)), say)
                     _alive(ha, mn)
@@ -391,27 +445,33 @@ def aggregate(cells: list) -> list:
 def compare(rows: list, peer_rows: list) -> list:
     """fastpath (each algorithm and offload setting) against each peer: CPU
     per packet of both ends at the fixed rate (target <= 1/5), and tcp
-    Gbit/s (issue 3: >= 3 Gbit/s through aes128gcm16, '10 x the peers')."""
+    Gbit/s (issue 3: >= 3 Gbit/s through aes128gcm16, '10 x the peers').
+    Against the C null forwarder (the reference) every fastpath row, its
+    own null forwarder included, without a target."""
     out = []
     for p in peer_rows:
+        ref = p["peer"] == REFERENCE
         for r in rows:
-            if r["alg"] == F.NULL or r["mode"] != p["mode"] or r["size"] != p["size"]:
+            if r["alg"] == F.NULL and not ref:     # fastpath's null: against the C null only
+                continue
+            if r["mode"] != p["mode"] or r["size"] != p["size"]:
                 continue
             c = {"alg": r["alg"], "offload": r["offload"], "size": r["size"], "mode": r["mode"],
                  "peer": p["peer"], "official": r["official"]}
             if p["mode"] == "fixed":
                 fp, pv = r.get("both_cpu_us_per_pkt"), p.get("both_cpu_us_per_pkt")
                 c.update(fastpath=fp, peer_value=pv, unit="us/pkt both ends",
-                         ratio=fp / pv if fp and pv else None, target_text=f"<= {PEER_TARGET:g}")
-                ok = None if c["ratio"] is None else c["ratio"] <= PEER_TARGET
+                         ratio=fp / pv if fp and pv else None,
+                         target_text="(reference)" if ref else f"<= {PEER_TARGET:g}")
+                ok = None if c["ratio"] is None or ref else c["ratio"] <= PEER_TARGET
             else:
                 fp, pv = r.get("gbps"), p.get("gbps")
                 c.update(fastpath=fp, peer_value=pv, unit="Gbit/s",
                          ratio=fp / pv if fp and pv else None,
                          target_text=f">= {PEER_TCP_FACTOR:g}")
                 ok = None if c["ratio"] is None else c["ratio"] >= PEER_TCP_FACTOR
-            c["target"] = common.verdict(ok) + ("*" if r["official"] and p["mode"] == "fixed"
-                                                else "")
+            c["target"] = "-" if ref else (common.verdict(ok) + (
+                "*" if r["official"] and p["mode"] == "fixed" else ""))
             out.append(c)
     return out
 

@@ -209,7 +209,16 @@ def test_bench_forward_tcp_and_peers_end_to_end(tmp_path):
         else:
             assert name not in peers["failed"], peers["failed"].get(name)
             got = {x["mode"]: x for x in peers["rows"] if x["peer"] == name}
-            assert got["fixed"]["both_cpu_us_per_pkt"] > 0 and got["tcp"]["gbps"] > 0.01
+            assert got["fixed"]["both_cpu_us_per_pkt"] > 0
+            if name == P.REFERENCE:               # the C null forwarder: fixed rate only
+                assert "tcp" not in got
+            else:
+                assert got["tcp"]["gbps"] > 0.01
+    assert P.REFERENCE not in peers["skipped"]                # gcc is here: always measured
+    ref = [c for c in peers["compare"] if c["peer"] == P.REFERENCE]
+    assert {c["alg"] for c in ref} == {"null", "plain"}      # fastpath's null is compared too
+    assert all(c["target"] == "-" and c["ratio"] > 0 for c in ref)
+    assert not [c for c in peers["compare"] if c["alg"] == "null" and c["peer"] != P.REFERENCE]
     prefix = doc["namespaces"].split("{")[0]                 # fpbench-<pid>-
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert prefix not in left
