@@ -27,6 +27,12 @@ FILE = "sequence-reservations.json"
 MIN_BLOCK = 1 << 20     # ~0.5 s at 2 Mpps before the first check: the rate is not known yet
 MAX_BLOCK = 1 << 26
 AHEAD_S = 1.0           # a block covers this much traffic at the SA's recent rate
+# How soon plan() wants to run again: often enough that an SA going from idle
+# to a burst moves its limit before the 2^19 numbers left at that point run
+# out (0.1 s: safe up to ~5 Mpps on one SA), rarely enough that an idle
+# forwarder sleeps.
+CHECK_MIN_S = 0.02
+CHECK_MAX_S = 0.1
 
 
 def fingerprint(sa_cfg) -> str:
@@ -55,6 +61,7 @@ class SequenceStore:
         self.path = self.dir / FILE
         self.sad = sad
         self._res: dict[int, _Reservation] = {}
+        self.next_check_s = CHECK_MIN_S      # when plan() wants to run again
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = self._load()
         for sa in sas:
@@ -84,10 +91,13 @@ class SequenceStore:
             raise RuntimeError(f"{self.path}: malformed sequence reservations; refusing to start")
         return data
 
-    def _save(self) -> None:
-        """Write, fsync, rename, fsync the directory: the new limits survive a crash."""
+    def _save(self, moved: dict[int, int] | None = None) -> None:
+        """Write, fsync, rename, fsync the directory: the limits (with `moved`,
+        {spi: new limit}, applied) survive a crash."""
+        moved = moved or {}
         tmp = self.path.with_suffix(".tmp")
-        body = json.dumps({r.key: r.limit for r in self._res.values()}, sort_keys=True)
+        body = json.dumps({r.key: moved.get(r.spi, r.limit) for r in self._res.values()},
+                          sort_keys=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, body.encode())
@@ -102,15 +112,25 @@ class SequenceStore:
             os.close(dfd)
 
     def extend(self, now: float | None = None) -> int:
-        """Move forward every limit that the SA would reach within half a
-        block or AHEAD_S / 2 at its recent rate. The block is sized to cover
-        AHEAD_S of traffic at that rate (a power of two between MIN_BLOCK and
+        """plan() then commit(): returns how many limits moved."""
+        moves = self.plan(now)
+        return self.commit(moves) if moves else 0
+
+    def plan(self, now: float | None = None) -> dict[int, int]:
+        """Which limits must move now: {spi: new limit}. Cheap (no I/O), so
+        the control loop calls it often and hands the rare non-empty answer
+        to commit() off the loop.
+
+        A limit moves when the SA would reach it within half a block or
+        AHEAD_S / 2 at its recent rate. The block is sized to cover AHEAD_S
+        of traffic at that rate (a power of two between MIN_BLOCK and
         MAX_BLOCK): a fast SA must not run dry while the control thread is
         late (a busy machine, a slow fsync); a slow one skips little on a
-        restart. Returns how many moved. The new limits are on disk before
-        the workers see them."""
+        restart. Also sets next_check_s: half the time the busiest SA needs
+        to reach its threshold, within [CHECK_MIN_S, CHECK_MAX_S]."""
         now = time.monotonic() if now is None else now
-        grown = []
+        moves = {}
+        soonest = CHECK_MAX_S * 2
         for r in self._res.values():
             used = self.sad.sequence(r.spi)
             if r.seen_at:
@@ -123,15 +143,24 @@ class SequenceStore:
             r.block = max(MIN_BLOCK, min(want, MAX_BLOCK))
             if r.limit >= r.max_seq:
                 continue
-            if r.limit - used > max(r.block // 2, r.rate * AHEAD_S / 2):
+            spare = r.limit - used - max(r.block // 2, r.rate * AHEAD_S / 2)
+            if spare > 0:
+                if r.rate > 0:
+                    soonest = min(soonest, spare / r.rate)
                 continue
-            r.limit = min(used + r.block, r.max_seq)
-            grown.append(r)
-        if grown:
-            self._save()
-            for r in grown:
-                self.sad.set_sequence_limit(r.spi, r.limit)
-        return len(grown)
+            moves[r.spi] = min(used + r.block, r.max_seq)
+        self.next_check_s = min(max(soonest / 2, CHECK_MIN_S), CHECK_MAX_S)
+        return moves
+
+    def commit(self, moves: dict[int, int]) -> int:
+        """Make plan()'s moves durable (fsync: milliseconds), then let the
+        workers use them. Nothing changes in memory unless the write
+        succeeded, so a failed one is planned again. Returns how many moved."""
+        self._save(moves)
+        for spi, limit in moves.items():
+            self._res[spi].limit = limit
+            self.sad.set_sequence_limit(spi, limit)
+        return len(moves)
 
     def limits(self) -> dict[int, int]:
         return {spi: r.limit for spi, r in self._res.items()}

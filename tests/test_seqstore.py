@@ -87,3 +87,57 @@ def test_block_follows_the_rate_so_a_late_check_does_not_run_dry(tmp_path):
     sad.resume_sequence(spi, before - 10)
     assert store.extend(now=200.0) == 1
     assert store.limits()[spi] - (before - 10) == MIN_BLOCK
+
+
+def test_plan_is_free_and_a_failed_commit_moves_nothing(tmp_path, monkeypatch):
+    """The control loop calls plan() every few ms: it writes nothing and,
+    with no SA near its limit, returns nothing. A commit whose write fails
+    leaves the limit where it was (in memory, on disk, in the SA table), so
+    the same move is planned again."""
+    cfg, sad, store, eng = start(tmp_path)
+    spi = cfg.mobile_nodes[0].sa("payload", "out").spi
+    on_disk = (tmp_path / FILE).read_text()
+    assert store.plan(now=10.0) == {}
+    sad.resume_sequence(spi, MIN_BLOCK - 5)
+    moves = store.plan(now=11.0)
+    assert set(moves) == {spi} and moves[spi] > MIN_BLOCK
+    assert (tmp_path / FILE).read_text() == on_disk        # planning wrote nothing
+
+    def broken(fd):
+        raise OSError(5, "I/O error")
+    monkeypatch.setattr("fastpath.seqstore.os.fsync", broken)
+    try:
+        store.commit(moves)
+        raise AssertionError("commit() hid a failed fsync")
+    except OSError:
+        pass
+    assert store.limits()[spi] == MIN_BLOCK
+    assert json.loads((tmp_path / FILE).read_text()) == json.loads(on_disk)
+    hoa = cfg.mobile_nodes[0].home_address.packed
+    res = send(eng, hoa, 6)
+    assert [r for _, r, _ in res][-1] == Reason.SEQ_EXHAUSTED   # the workers still stop
+    monkeypatch.undo()
+    assert store.commit(store.plan(now=12.0)) == 1
+    assert send(eng, hoa, 1)[0][0] == Verdict.TO_WIRE
+
+
+def test_next_check_follows_the_busiest_sa(tmp_path):
+    """Idle: the slowest check (an idle forwarder sleeps); an SA that will
+    reach its threshold soon: checks come sooner, never below the floor."""
+    from fastpath.seqstore import CHECK_MAX_S, CHECK_MIN_S
+    cfg, sad, store, eng = start(tmp_path)
+    spi = cfg.mobile_nodes[0].sa("payload", "out").spi
+    store.plan(now=50.0)
+    store.plan(now=51.0)
+    assert store.next_check_s == CHECK_MAX_S
+    sad.resume_sequence(spi, 100_000)             # 1 Mpps: 0.42 s to the threshold
+    assert store.plan(now=51.1) == {}
+    assert store.next_check_s == CHECK_MAX_S
+    sad.resume_sequence(spi, 400_000)             # still 1 Mpps: 0.12 s to go
+    assert store.plan(now=51.4) == {}
+    assert CHECK_MIN_S < store.next_check_s < CHECK_MAX_S
+    sad.resume_sequence(spi, 500_000)             # 0.02 s to go: the floor
+    assert store.plan(now=51.5) == {}
+    assert store.next_check_s == CHECK_MIN_S
+    sad.resume_sequence(spi, 600_000)             # past the threshold: the limit moves
+    assert spi in store.plan(now=51.6)
