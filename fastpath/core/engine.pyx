@@ -95,7 +95,13 @@ cdef class Engine:
     """One worker's engine over a shared SADatabase (attributes: engine.pxd).
 
     Not thread-safe: give each worker thread its own Engine (own crypto
-    contexts, own ipsec-mb manager, own random buffer, own counters)."""
+    contexts, own ipsec-mb manager, own random buffer, own counters).
+
+    lock_sleeps: take the per-SA replay lock with fp_spin_lock_or_sleep(),
+    for an engine whose thread may preempt a worker on the worker's CPU (the
+    control thread's, which decapsulates reassembled fragments: it runs at a
+    higher SCHED_FIFO priority, and a pinned worker holding the lock could
+    not run again while it spins)."""
     def __cinit__(self, SADatabase sad not None, str backend="auto", int max_batch=256):
         from fastpath.core.esp import ipsecmb_available
         if backend == "auto":
@@ -941,7 +947,10 @@ cdef class Engine:
                 lo = fp_ld_u64(sa.hoa + 8)
                 pk = 0
                 by = 0
-                fp_spin_lock(&hot.lock)
+                if self.lock_sleeps:
+                    fp_spin_lock_or_sleep(&hot.lock)     # see Engine.lock_sleeps
+                else:
+                    fp_spin_lock(&hot.lock)
             i = j.slot
             if not j.ok:
                 self._verdict(b, i, V_DROP, R_ICV, s)

@@ -16,3 +16,4 @@ cdef extern from "fp_atomic.h" nogil:
     void fp_spin_lock(int32_t *l)
     void fp_spin_unlock(int32_t *l)
     void fp_sleep_us(long us)
+    void fp_spin_lock_or_sleep(int32_t *l)

@@ -64,4 +64,23 @@ static inline void fp_sleep_us(long us) {
     struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
     nanosleep(&ts, 0);
 }
+
+/* fp_spin_lock() for a thread that may have preempted the lock's holder on
+ * the holder's own CPU: the control thread runs SCHED_FIFO one priority above
+ * the workers (fastpath.sched), and a worker pinned with --cpu cannot move
+ * elsewhere, so a plain spin there would never end. After a short spin this
+ * sleeps, which hands the CPU back to the holder. */
+static inline void fp_spin_lock_or_sleep(int32_t *l) {
+    int spins = 0;
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
+            if (++spins < 1024) {
+                __builtin_ia32_pause();
+            } else {
+                fp_sleep_us(20);
+                spins = 0;
+            }
+        }
+    }
+}
 #endif
