@@ -788,7 +788,7 @@ cdef class Engine:
                 ct_len = n - ovh
                 seq = fp_ld_be32(p + 44)
                 if (ct_len >= 2 and (ct_len & amask) == 0
-                        and replay_fresh(sa, fp_load_u64(&hot.seq), seq)):
+                        and replay_fresh(sa, fp_load_acq_u64(&hot.seq), seq)):
                     j = &jobs[nj]
                     nj += 1
                     j.slot = i
@@ -891,7 +891,7 @@ cdef class Engine:
         if ct_len < 0:
             self._verdict(b, i, V_DROP, R_MALFORMED, s)
             return
-        T = fp_load_u64(&t.hot[s].seq)
+        T = fp_load_acq_u64(&t.hot[s].seq)     # then the bitmap: see fp_atomic.h
         if sa.esn:
             seq = esn_infer(T, fp_ld_be32(p + off + 4), sa.window)
         else:

@@ -11,6 +11,13 @@ static inline int32_t fp_load_acq_i32(const int32_t *p) { return __atomic_load_n
 static inline void fp_store_rel_i32(int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint64_t fp_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void fp_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+/* The highest sequence number an inbound SA accepted (T of its replay window):
+ * stored with release after the window's bits were cleared for it, loaded with
+ * acquire before the lock-free pre-check reads those bits, so that a thread
+ * that sees a new T also sees the bits cleared for it. (Plain moves on x86-64;
+ * they only keep the compiler, and weaker CPUs, from reordering.) */
+static inline uint64_t fp_load_acq_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fp_store_rel_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint64_t fp_add_fetch_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
 static inline void fp_add_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
