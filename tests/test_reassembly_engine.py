@@ -203,3 +203,41 @@ def test_control_plane_other_punts_are_unchanged():
     for f in nested:
         cp._punt(f, [])
     assert cp.events["reassembled.nested_fragment"] == 1
+
+
+# -- the control engine and a worker's on one SA --------------------------------------------
+def test_control_and_worker_engines_share_an_sa_replay_window():
+    """Both threads open every packet of one SA, batch by batch at the same
+    time, the GIL released inside decap(): each sequence number must be accepted by
+    exactly one of them (the per-SA replay lock; the control engine's
+    lock_sleeps variant included), the other copy being a replay."""
+    import threading
+    topo = make_topo("aes128gcm16", window=1024)
+    n, size = 16000, 64
+    pkts = [esp_tunnel(topo, size=100, seq=s)[1] for s in range(1, n + 1)]
+    worker = Engine(topo.sad, "openssl", max_batch=size)
+    control = Engine(topo.sad, "openssl", max_batch=size)
+    control.lock_sleeps = True
+    got = {}
+    together = threading.Barrier(2)      # both on the same batch at once: contention
+
+    def run(eng, name):
+        b = Batch(size)
+        res = Counter()
+        for k in range(0, n, size):
+            b.load(pkts[k:k + size])
+            together.wait(10)
+            eng.decap(b)
+            for v, r, _ in b.results():
+                res[(Verdict(v).name, Reason(r).name)] += 1
+        got[name] = res
+
+    threads = [threading.Thread(target=run, args=(e, name))
+               for e, name in ((worker, "worker"), (control, "control"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    accepted = got["worker"][("TO_HOME", "NONE")] + got["control"][("TO_HOME", "NONE")]
+    replays = got["worker"][("DROP", "REPLAY")] + got["control"][("DROP", "REPLAY")]
+    assert (accepted, replays) == (n, n), got
