@@ -21,7 +21,8 @@ Rules (each discard has its own counter, see COUNTERS):
   the same Identification.
 - A fragment with M = 1 whose length is not a multiple of 8 is discarded
   (`not_multiple_of_8`), as is one that would make the reassembled Payload
-  Length exceed 65535 (`too_big`).
+  Length exceed 65535 (`too_big`), and one that carries no data or whose
+  headers do not parse (`malformed`).
 - Overlapping fragments discard the whole datagram, and the fragments of it
   still to come (RFC 5722, RFC 8200 §4.5). An exact duplicate (same offset,
   length and bytes) is only dropped itself (`duplicate`; RFC 8200 allows it).
@@ -51,7 +52,8 @@ Rules (each discard has its own counter, see COUNTERS):
   decision is taken on a fragment here, only on the reassembled packet, whose
   chain the engine walks as for any other packet.
 
-Pure Python, no I/O, one object per datagram: it runs on the slow path only.
+Pure Python, no I/O, a few objects per fragment: it runs on the slow path
+only (the workers never call it).
 """
 from __future__ import annotations
 
