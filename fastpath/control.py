@@ -2,9 +2,11 @@
 
 It never blocks the workers: they hand packets over through per-worker
 rings (fastpath.core.worker.PuntRing) and it reads them when their eventfd
-fires. It handles Binding Updates (fastpath.binding), moves sequence-number
-reservations forward, expires bindings, answers the read-only control socket
-(`fastpath ctl`), serves Prometheus metrics, and stops on SIGINT/SIGTERM.
+fires. It handles Binding Updates (fastpath.binding), reassembles the outer
+IPv6 fragments the workers punt and decapsulates the result itself
+(fastpath.reassembly; the slow path), moves sequence-number reservations
+forward, expires bindings, answers the read-only control socket (`fastpath
+ctl`), serves Prometheus metrics, and stops on SIGINT/SIGTERM.
 """
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ import time
 from collections import Counter
 
 from fastpath import metrics
+from fastpath.reassembly import Reassembler, fragment_header_offset
+from fastpath.verdicts import Verdict
 
 log = logging.getLogger("fastpath.control")
 
+REASSEMBLY_CHECK_S = 1.0  # how often stale fragments are dropped (they wait 60 s)
+MAX_REASSEMBLED = 40 + 65535   # the largest packet reassembly can produce
 CTL_COMMANDS = ("status", "bindings", "sas", "counters")
 
 
@@ -76,6 +82,8 @@ class ControlPlane:
         self.registration = None          # mobile-node role: our home registration
         self._extending = False
         self.scheduling = None            # what fastpath.sched applied (home agent)
+        self.reassembler = Reassembler()  # outer fragments from the wire (both roles)
+        self._slow_batch = None           # one slot for a reassembled packet (made on first use)
         fwd.control = self
         if fwd.opts.role == "home-agent":
             try:
@@ -111,7 +119,8 @@ class ControlPlane:
             servers.append(await asyncio.start_server(self._serve_metrics, host.strip("[]"),
                                                       int(port)))
             log.info("metrics on http://%s/metrics", self.metrics_addr)
-        timers = [asyncio.ensure_future(self._sequence_timer())]
+        timers = [asyncio.ensure_future(self._sequence_timer()),
+                  asyncio.ensure_future(self._every(REASSEMBLY_CHECK_S, self._expire_fragments))]
         if self.bindings is not None:
             timers.append(asyncio.ensure_future(self._every(1.0, self._expire)))
         if self.registration is not None:
@@ -178,7 +187,10 @@ class ControlPlane:
             if kind == "binding":
                 decisions.append(self._binding_update(item))
             else:
-                self._punt(item)
+                self._punt(item, decisions)
+        self._finish_decisions(decisions)
+
+    def _finish_decisions(self, decisions: list) -> None:
         if self.bindings is not None and decisions:
             # one grace period for every move of this burst, then the BAs
             self.bindings.finish_grace(decisions)
@@ -187,15 +199,69 @@ class ControlPlane:
                     self._send_ba(d)
                 _log_decision(d)
 
-    def _punt(self, pkt: bytes) -> None:
+    def _punt(self, pkt: bytes, decisions: list) -> None:
+        """A wire-side packet the engine handed over unchanged. Binding
+        decisions it leads to are appended to `decisions` (the caller sends
+        their Binding Acks after one grace period)."""
+        # Outer fragments (the peer's tunnel MTU was too small, RFC 2473
+        # §7.1): reassembled here, then decapsulated as if a worker read them.
+        if fragment_header_offset(pkt) is not None:
+            whole = self.reassembler.add(pkt, time.monotonic())
+            if whole is not None:
+                self._decap_reassembled(whole, decisions)
+            return
         # A Mobility Header in the clear is a Binding Update that was not
         # protected: it moves nothing (RFC 3776 §6.2); other packets to the HA
-        # address (ICMPv6, fragments) are counted and not answered.
+        # address (ICMPv6, ...) are counted and not answered.
         if self.bindings is not None and self.bindings.unprotected(pkt, time.monotonic()):
             self.events["punt.binding_update_in_clear"] += 1
             return
         nh = pkt[6] if len(pkt) > 6 else -1
         self.events[f"punt.next_header_{nh}"] += 1
+
+    def _decap_reassembled(self, pkt: bytes, decisions: list) -> None:
+        """One reassembled wire-side packet through the control thread's own
+        engine (Engine.decap on a one-slot batch: the worker's code, verdicts
+        and counters), and its result handled as a worker would: the inner
+        packet to the home TUN, an authenticated Mobility Header to the
+        binding path, a punt to _punt(); drops are counted by the engine
+        (the control engine's totals are part of `fastpath ctl counters`)."""
+        if fragment_header_offset(pkt) is not None:
+            # a Fragment header inside a reassembled packet: nothing sends
+            # that, and reassembling again would let one datagram loop here
+            self.events["reassembled.nested_fragment"] += 1
+            return
+        from fastpath.core.batch import Batch
+        if self._slow_batch is None:
+            self._slow_batch = Batch(1, MAX_REASSEMBLED)
+        b = self._slow_batch
+        b.load([pkt])
+        eng = self.fwd.control_engine
+        eng.decap(b)
+        [(v, _reason, out)] = b.results()
+        if v == Verdict.TO_HOME:
+            self._write_home(out)
+        elif v == Verdict.BINDING:
+            for _slot, vb in eng.take_bindings():
+                self.events["reassembled.binding"] += 1
+                decisions.append(self._binding_update(vb))
+        elif v == Verdict.PUNT:
+            self._punt(out, decisions)
+
+    def _write_home(self, pkt: bytes) -> None:
+        """Write one decapsulated packet to the home TUN (queue 0; a TUN
+        write is one whole packet, so sharing the queue with worker 0 is
+        safe). With IFF_VNET_HDR it is preceded by an all-zero
+        virtio_net_hdr: an ordinary packet, checksums complete."""
+        if self.fwd.home_vnet:
+            from fastpath.tun import VNET_HDR_LEN
+            pkt = bytes(VNET_HDR_LEN) + pkt
+        try:
+            os.write(self.fwd.home_fd, pkt)
+            self.events["reassembled.to_home"] += 1
+        except OSError as e:
+            self.events["reassembled.home_write_error"] += 1
+            log.debug("reassembled packet not written to the home TUN: %s", e)
 
     def _binding_update(self, vb):
         if self.registration is not None:
@@ -312,6 +378,9 @@ class ControlPlane:
             log.exception("sequence reservation failed")
             self.events["sequence.reservation_errors"] += 1
 
+    def _expire_fragments(self) -> None:
+        self.reassembler.expire(time.monotonic())
+
     def _expire(self) -> None:
         for hoa in self.bindings.expire_due(time.monotonic()):
             self.events["binding.expired"] += 1
@@ -321,6 +390,7 @@ class ControlPlane:
         out = dict(self.events)
         if self.bindings is not None and hasattr(self.bindings, "counters"):
             out["bindings"] = self.bindings.counters()
+        out["reassembly"] = self.reassembler.counters()
         return out
 
     def view(self, what: str):

@@ -87,6 +87,8 @@ class Forwarder:
         self.threads: list[threading.Thread] = []
         self.fds: list[int] = []
         self.wire_fd = -1
+        self.home_fd = -1                # the control thread's writes to the home TUN
+        self.home_vnet = False           # ... which then start with a virtio_net_hdr
 
     # -- start / stop -----------------------------------------------------------
     def start(self) -> None:
@@ -108,6 +110,8 @@ class Forwarder:
         wire = tun_queues(self.wire_if, opts.workers, multi_queue=mq)
         self.fds = home + wire
         self.wire_fd = wire[0]
+        self.home_fd = home[0]
+        self.home_vnet = opts.offload
         self.host = HostSetup(cfg, home_if=self.home_if, wire_if=self.wire_if,
                               enable_forwarding=opts.enable_forwarding, role=opts.role,
                               home_address=opts.home_address, queue_len=opts.queue_len)
@@ -117,6 +121,9 @@ class Forwarder:
             if mn["care_of_address"] is not None:
                 self.host.bind(mn["home_address"])
         self.control_engine = Engine(self.sad, self.backend)
+        # it decapsulates reassembled fragments, taking SA replay locks that
+        # workers hold too: see Engine.lock_sleeps
+        self.control_engine.lock_sleeps = True
         for i in range(opts.workers):
             eng = Engine(self.sad, self.backend, max_batch=opts.batch)
             w = Worker(eng, home[i], wire[i], opts.batch, max(2048, cfg.home_agent.mtu + 64),

@@ -2,15 +2,21 @@
 counters`, and the same numbers in Prometheus text format for --metrics."""
 from __future__ import annotations
 
+from fastpath.reassembly import COUNTERS as REASSEMBLY_COUNTERS
 from fastpath.verdicts import REASON_NAMES
 
 DROP_REASONS = [r for r in REASON_NAMES if r != "none"]
 
 
 def collect(fwd) -> dict:
-    """Totals over workers, per-SA counters, worker I/O, control-plane counters."""
+    """Totals over the engines (the workers', and the control thread's, which
+    decapsulates reassembled fragments), per-SA counters, worker I/O,
+    control-plane counters."""
     totals = {"drops": {r: 0 for r in DROP_REASONS}, "verdicts": {}}
-    for eng in fwd.engines:
+    engines = list(fwd.engines)
+    if getattr(fwd, "control_engine", None) is not None:
+        engines.append(fwd.control_engine)
+    for eng in engines:
         c = eng.counters()
         for r, n in c["drops"].items():
             totals["drops"][r] += n
@@ -92,10 +98,22 @@ def prometheus(snapshot: dict) -> str:
                                           "(dropped).")):
         family(f"fastpath_{key}_total", "counter", help_)
         lines.append(_line(f"fastpath_{key}_total", io.get(key, 0)))
-    control = snapshot.get("control", {})
+    control = dict(snapshot.get("control", {}))
+    reassembly = control.pop("reassembly", {})
     family("fastpath_control_total", "counter", "Control-plane events (BUs by status, CoA swaps, ...).")
     for k, n in sorted(_flatten(control).items()):
         lines.append(_line("fastpath_control_total", n, event=k))
+    # Reassembly of outer fragments in the control thread (fastpath.reassembly):
+    # one family per counter, each with its own help text.
+    for key, help_ in REASSEMBLY_COUNTERS.items():
+        name = f"fastpath_reassembly_{key}_total"
+        family(name, "counter", help_)
+        lines.append(_line(name, reassembly.get(key, 0)))
+    family("fastpath_reassembly_datagrams", "gauge",
+           "Datagrams being reassembled (discarded ones held until their timeout included).")
+    lines.append(_line("fastpath_reassembly_datagrams", reassembly.get("datagrams_in_progress", 0)))
+    family("fastpath_reassembly_bytes", "gauge", "Bytes of fragments held for reassembly.")
+    lines.append(_line("fastpath_reassembly_bytes", reassembly.get("buffered_bytes", 0)))
     return "\n".join(lines) + "\n"
 
 

@@ -89,6 +89,12 @@ TUNSETPERSIST = 0x400454CB
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 
+# struct virtio_net_hdr: what every read and write of a TUN opened with
+# IFF_VNET_HDR starts with (TUNSETVNETHDRSZ's default, which fastpath keeps;
+# fastpath/core/offload.pxd VNET_HDR_LEN is the same number). All zeros: an
+# ordinary packet, no offload asked of the kernel.
+VNET_HDR_LEN = 10
+
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04

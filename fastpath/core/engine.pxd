@@ -86,6 +86,7 @@ cdef class Engine:
     cdef uint8_t *rnd
     cdef int rnd_pos
     cdef public bint fixed_ivs          # take CBC IVs from batch.ivs (tests)
+    cdef public bint lock_sleeps        # replay locks: sleep when contended (control thread)
     cdef public double ptb_rate         # ICMPv6 Packet Too Big per second (token bucket)
     cdef public double ptb_burst
     cdef double ptb_tokens

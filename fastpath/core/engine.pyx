@@ -95,7 +95,13 @@ cdef class Engine:
     """One worker's engine over a shared SADatabase (attributes: engine.pxd).
 
     Not thread-safe: give each worker thread its own Engine (own crypto
-    contexts, own ipsec-mb manager, own random buffer, own counters)."""
+    contexts, own ipsec-mb manager, own random buffer, own counters).
+
+    lock_sleeps: take the per-SA replay lock with fp_spin_lock_or_sleep(),
+    for an engine whose thread may preempt a worker on the worker's CPU (the
+    control thread's, which decapsulates reassembled fragments: it runs at a
+    higher SCHED_FIFO priority, and a pinned worker holding the lock could
+    not run again while it spins)."""
     def __cinit__(self, SADatabase sad not None, str backend="auto", int max_batch=256):
         from fastpath.core.esp import ipsecmb_available
         if backend == "auto":
@@ -782,7 +788,7 @@ cdef class Engine:
                 ct_len = n - ovh
                 seq = fp_ld_be32(p + 44)
                 if (ct_len >= 2 and (ct_len & amask) == 0
-                        and replay_fresh(sa, fp_load_u64(&hot.seq), seq)):
+                        and replay_fresh(sa, fp_load_acq_u64(&hot.seq), seq)):
                     j = &jobs[nj]
                     nj += 1
                     j.slot = i
@@ -885,7 +891,7 @@ cdef class Engine:
         if ct_len < 0:
             self._verdict(b, i, V_DROP, R_MALFORMED, s)
             return
-        T = fp_load_u64(&t.hot[s].seq)
+        T = fp_load_acq_u64(&t.hot[s].seq)     # then the bitmap: see fp_atomic.h
         if sa.esn:
             seq = esn_infer(T, fp_ld_be32(p + off + 4), sa.window)
         else:
@@ -941,7 +947,10 @@ cdef class Engine:
                 lo = fp_ld_u64(sa.hoa + 8)
                 pk = 0
                 by = 0
-                fp_spin_lock(&hot.lock)
+                if self.lock_sleeps:
+                    fp_spin_lock_or_sleep(&hot.lock)     # see Engine.lock_sleeps
+                else:
+                    fp_spin_lock(&hot.lock)
             i = j.slot
             if not j.ok:
                 self._verdict(b, i, V_DROP, R_ICV, s)

@@ -3,7 +3,8 @@
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memset
 from fastpath.core.sad cimport fp_sa, fp_sa_hot
-from fastpath.core.includes.atomic cimport fp_load_u64, fp_store_u64, fp_spin_lock, fp_spin_unlock
+from fastpath.core.includes.atomic cimport (fp_load_u64, fp_store_u64, fp_store_rel_u64,
+                                             fp_spin_lock, fp_spin_unlock)
 
 
 cdef inline uint64_t esn_infer(uint64_t T, uint32_t seq_lo, uint32_t window) noexcept nogil:
@@ -63,7 +64,7 @@ cdef inline bint replay_commit_locked(const fp_sa *sa, fp_sa_hot *hot, uint64_t 
                     bit = x & (sa.nbits - 1)
                     sa.bitmap[bit >> 6] &= ~((<uint64_t>1) << (bit & 63))
                     x += 1
-        fp_store_u64(&hot.seq, seq)
+        fp_store_rel_u64(&hot.seq, seq)     # after the clears: see fp_load_acq_u64
     if sa.window:
         bit = seq & (sa.nbits - 1)
         sa.bitmap[bit >> 6] |= (<uint64_t>1) << (bit & 63)

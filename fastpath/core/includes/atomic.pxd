@@ -5,6 +5,8 @@ cdef extern from "fp_atomic.h" nogil:
     void fp_store_rel_i32(int32_t *p, int32_t v)
     uint64_t fp_load_u64(const uint64_t *p)
     void fp_store_u64(uint64_t *p, uint64_t v)
+    uint64_t fp_load_acq_u64(const uint64_t *p)
+    void fp_store_rel_u64(uint64_t *p, uint64_t v)
     uint64_t fp_add_fetch_u64(uint64_t *p, uint64_t v)
     void fp_add_u64(uint64_t *p, uint64_t v)
     uint64_t fp_next_seq(uint64_t *p, uint64_t limit)
@@ -16,3 +18,4 @@ cdef extern from "fp_atomic.h" nogil:
     void fp_spin_lock(int32_t *l)
     void fp_spin_unlock(int32_t *l)
     void fp_sleep_us(long us)
+    void fp_spin_lock_or_sleep(int32_t *l)

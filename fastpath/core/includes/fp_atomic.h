@@ -11,6 +11,13 @@ static inline int32_t fp_load_acq_i32(const int32_t *p) { return __atomic_load_n
 static inline void fp_store_rel_i32(int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint64_t fp_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void fp_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+/* The highest sequence number an inbound SA accepted (T of its replay window):
+ * stored with release after the window's bits were cleared for it, loaded with
+ * acquire before the lock-free pre-check reads those bits, so that a thread
+ * that sees a new T also sees the bits cleared for it. (Plain moves on x86-64;
+ * they only keep the compiler, and weaker CPUs, from reordering.) */
+static inline uint64_t fp_load_acq_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fp_store_rel_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint64_t fp_add_fetch_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
 static inline void fp_add_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
@@ -63,5 +70,24 @@ static inline void fp_spin_unlock(int32_t *l) { __atomic_store_n(l, 0, __ATOMIC_
 static inline void fp_sleep_us(long us) {
     struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
     nanosleep(&ts, 0);
+}
+
+/* fp_spin_lock() for a thread that may have preempted the lock's holder on
+ * the holder's own CPU: the control thread runs SCHED_FIFO one priority above
+ * the workers (fastpath.sched), and a worker pinned with --cpu cannot move
+ * elsewhere, so a plain spin there would never end. After a short spin this
+ * sleeps, which hands the CPU back to the holder. */
+static inline void fp_spin_lock_or_sleep(int32_t *l) {
+    int spins = 0;
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
+            if (++spins < 1024) {
+                __builtin_ia32_pause();
+            } else {
+                fp_sleep_us(20);
+                spins = 0;
+            }
+        }
+    }
 }
 #endif

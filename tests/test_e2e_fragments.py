@@ -1,0 +1,119 @@
+"""End to end through a path whose MTU makes the tunnel endpoints fragment
+(RFC 2473 §7.1) and reassemble (fastpath.reassembly, the control thread):
+
+    CN ── HA (fastpath run, mtu 1280) ── router ══ MN (fastpath run --role mobile-node, mtu 1280)
+                                              1280-byte link
+
+Inner packets of up to 1280 bytes are tunnelled whatever the tunnel MTU, so
+1248-byte pings and 1200-byte UDP datagrams leave both ends as two outer
+fragments each; the other end must put them back together. Needs root,
+/dev/net/tun and `ip`; skipped with the reason otherwise."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from netns import Topology, skip_reason, topology, wait_for
+from test_e2e_forward import config, ctl, start
+
+pytestmark = pytest.mark.skipif(skip_reason(need_tun=True) is not None,
+                                reason=skip_reason(need_tun=True) or "")
+
+T = Topology
+MTU = 1280
+PING_SIZE = 1200          # ICMPv6 data: a 1248-byte inner packet, > 1280 once tunnelled
+
+UDP_SINK = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("{addr}", 9000)); s.settimeout(3)
+got = set()
+try:
+    while True:
+        d = s.recv(4096)
+        if len(d) == 1200 and d[4:] == bytes([d[3]]) * 1196:
+            got.add(int.from_bytes(d[:4], "big"))
+except socket.timeout:
+    pass
+print(len(got))
+"""
+
+UDP_SOURCE = """
+import socket, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+{bind}
+for i in range({n}):
+    s.sendto(i.to_bytes(4, "big") + bytes([i & 255]) * 1196, ("{dst}", 9000))
+    if i % 20 == 0: time.sleep(0.01)
+"""
+
+
+@pytest.fixture
+def net():
+    with topology(coa_on_mn=False) as t:
+        # the router <-> MN link carries no outer packet above 1280 bytes
+        for ns, ifname in ((t.router, "r-mn"), (t.mn, "mn0")):
+            ns.ip("link", "set", ifname, "mtu", str(MTU))
+        yield t
+
+
+def udp(net, src_ns, dst_ns, dst, n, bind=""):
+    sink = dst_ns.popen([sys.executable, "-c", UDP_SINK.format(addr=dst)],
+                        stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    src_ns.python(UDP_SOURCE.format(n=n, dst=dst, bind=bind))
+    out, _ = sink.communicate(timeout=20)
+    return int(out.strip())
+
+
+@pytest.mark.parametrize("alg", ["aes128-sha1", "aes128gcm16", None],
+                         ids=["aes128-sha1", "aes128gcm16", "plain"])
+def test_fragmented_tunnel_both_ways(net, tmp_path, alg):
+    path = config(tmp_path, alg)
+    with open(path) as f:
+        text = f.read()
+    assert "mtu = 1500" in text
+    with open(path, "w") as f:
+        f.write(text.replace("mtu = 1500", f"mtu = {MTU}"))
+    ha_sock, mn_sock = str(tmp_path / "ha.sock"), str(tmp_path / "mn.sock")
+    ha = start(net.ha, path, ha_sock)
+    mn = start(net.mn, path, mn_sock, "--role", "mobile-node", "--enable-forwarding")
+    try:
+        # a small ping first: the tunnel works at all
+        assert wait_for(lambda: net.cn.ping(T.HOA1, timeout=1), 10), "CN -> HoA ping failed"
+        # 1248-byte packets: both directions go as outer fragments
+        assert net.cn.ping(T.HOA1, size=PING_SIZE, count=3), "CN -> HoA 1248-byte ping failed"
+        assert net.mn.ping(T.CN, src=T.HOA1, size=PING_SIZE, count=3), \
+            "HoA -> CN 1248-byte ping failed"
+        n = 100
+        assert udp(net, net.cn, net.mn, T.HOA1, n) == n
+        assert udp(net, net.mn, net.cn, T.CN, n, bind=f's.bind(("{T.HOA1}", 0))') == n
+
+        for sock, ns in ((ha_sock, net.ha), (mn_sock, net.mn)):
+            c = ctl(ns, sock, "counters")
+            r = c["control"]["reassembly"]
+            # each side reassembled what the other fragmented: 3 pings (and
+            # 3 replies) + n datagrams one way
+            assert r["reassembled"] >= n + 3, (sock, r)
+            assert r["fragments"] >= 2 * r["reassembled"], (sock, r)
+            assert c["io"]["fragmented"] >= n + 3, (sock, c["io"])
+            assert c["control"]["reassembled.to_home"] == r["reassembled"], (sock, c["control"])
+            discards = {k: v for k, v in r.items()
+                        if k not in ("fragments", "reassembled", "atomic", "datagrams_in_progress",
+                                     "buffered_bytes") and v}
+            assert discards == {}, (sock, discards)
+            assert "punt.next_header_44" not in c["control"]
+    finally:
+        for p in (mn, ha):
+            p.send_signal(signal.SIGTERM)
+        for p in (mn, ha):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert ha.returncode == 0, open(ha_sock + ".log").read()
+    assert mn.returncode == 0, open(mn_sock + ".log").read()
