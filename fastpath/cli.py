@@ -382,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
             config's care_of_address; an authenticated Binding Update in the
             capture moves the binding for the packets after it, and its
             Binding Ack is written to OUT in its place (the capture's
-            timestamps are the clock for lifetimes).
+            timestamps are the clock for lifetimes). Fragmented wire-side
+            packets are reassembled first, as the forwarder does (RFC 8200,
+            RFC 5722: overlaps discard the datagram; the report counts them).
 
             IN and OUT are classic pcap files of raw IPv6 packets
             (LINKTYPE_RAW), such as a capture on the fp-wire / fp-home TUNs."""))
