@@ -683,7 +683,6 @@ def _mobile_nodes(ctx: _Ctx, arr: list, ha: HomeAgentConfig | None
     seen_hoa: dict[IPv6Address, str] = {}
     seen_spi: dict[int, str] = {}
     for i, tbl in enumerate(arr):
-        tp = ("mobile_node", i)
         entry = f"mobile_node[{i}]"
         if not isinstance(tbl, dict):
             ctx.error(("mobile_node",), entry, None,

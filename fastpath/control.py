@@ -256,12 +256,19 @@ class ControlPlane:
         if self.fwd.home_vnet:
             from fastpath.tun import VNET_HDR_LEN
             pkt = bytes(VNET_HDR_LEN) + pkt
+        self._write(self.fwd.home_fd, pkt, "reassembled.to_home", "reassembled.home_write_error",
+                    "reassembled packet not written to the home TUN", logging.DEBUG)
+
+    def _write(self, fd: int, pkt: bytes, sent: str, failed: str, what: str,
+               level: int = logging.WARNING) -> None:
+        """One packet the control thread sends itself, counted either way (a
+        TUN write is one whole packet: the workers' queues are not disturbed)."""
         try:
-            os.write(self.fwd.home_fd, pkt)
-            self.events["reassembled.to_home"] += 1
+            os.write(fd, pkt)
+            self.events[sent] += 1
         except OSError as e:
-            self.events["reassembled.home_write_error"] += 1
-            log.debug("reassembled packet not written to the home TUN: %s", e)
+            self.events[failed] += 1
+            log.log(level, "%s: %s", what, e)
 
     def _binding_update(self, vb):
         if self.registration is not None:
@@ -278,12 +285,8 @@ class ControlPlane:
         if pkt is None:
             self.events["binding.ba_not_sent"] += 1
             return
-        try:
-            os.write(self.fwd.wire_fd, pkt)
-            self.events["binding.ba_sent"] += 1
-        except OSError as e:
-            self.events["binding.ba_write_error"] += 1
-            log.warning("Binding Ack not sent: %s", e)
+        self._write(self.fwd.wire_fd, pkt, "binding.ba_sent", "binding.ba_write_error",
+                    "Binding Ack not sent")
 
     # -- mobile-node role --------------------------------------------------------------
     def _binding_ack(self, vb) -> None:
@@ -307,12 +310,8 @@ class ControlPlane:
         if pkt is None:
             self.events["registration.seq_exhausted"] += 1
             return
-        try:
-            os.write(self.fwd.wire_fd, pkt)
-            self.events["registration.bu_sent"] += 1
-        except OSError as e:
-            self.events["registration.bu_write_error"] += 1
-            log.warning("Binding Update not sent: %s", e)
+        self._write(self.fwd.wire_fd, pkt, "registration.bu_sent", "registration.bu_write_error",
+                    "Binding Update not sent")
 
     def _registration_timer(self) -> None:
         sent = self.registration.due(time.monotonic())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 

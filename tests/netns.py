@@ -346,6 +346,19 @@ def topology(*, coa_on_mn: bool = True) -> Iterator[Topology]:
         yield t
 
 
+def stop(procs, timeout: float = 10.0) -> None:
+    """SIGTERM every process still running, then wait for each (kill after
+    `timeout` s): how the tests end the forwarders they started."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def wait_for(pred, timeout: float = 5.0, interval: float = 0.05) -> bool:
     """Poll ``pred()`` until true or ``timeout`` seconds pass."""
     end = time.monotonic() + timeout

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from netns import Topology, skip_reason, topology, wait_for
+from netns import Topology, skip_reason, stop, topology, wait_for
 
 pytestmark = pytest.mark.skipif(skip_reason(need_tun=True) is not None,
                                 reason=skip_reason(need_tun=True) or "")
@@ -215,13 +215,7 @@ def test_forwarding_between_namespaces(net, tmp_path, alg, workers, offload):
         assert wait_for(lambda: ctl(net.ha, ha_sock, "counters")["totals"]["drops"]["policy"]
                         > before["policy"], 5)
     finally:
-        for p in (mn, ha):
-            p.send_signal(signal.SIGTERM)
-        for p in (mn, ha):
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop((mn, ha))
     assert ha.returncode == 0, open(ha_sock + ".log").read()
     # SIGTERM left no link, route or proxy entry behind
     assert not {"fp-home", "fp-wire"} & set(net.ha.links())

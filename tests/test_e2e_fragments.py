@@ -10,14 +10,13 @@ fragments each; the other end must put them back together. Needs root,
 /dev/net/tun and `ip`; skipped with the reason otherwise."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from netns import Topology, skip_reason, topology, wait_for
+from netns import Topology, skip_reason, stop, topology, wait_for
 from test_e2e_forward import config, ctl, start
 
 pytestmark = pytest.mark.skipif(skip_reason(need_tun=True) is not None,
@@ -108,12 +107,6 @@ def test_fragmented_tunnel_both_ways(net, tmp_path, alg):
             assert discards == {}, (sock, discards)
             assert "punt.next_header_44" not in c["control"]
     finally:
-        for p in (mn, ha):
-            p.send_signal(signal.SIGTERM)
-        for p in (mn, ha):
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop((mn, ha))
     assert ha.returncode == 0, open(ha_sock + ".log").read()
     assert mn.returncode == 0, open(mn_sock + ".log").read()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fastpath.ref.ipv6 import hao_destopt, ipv6_header
 
-from topo import (ALGS, BACKENDS, CN, COA1, COA2, EVIL, HA, MN1, MN2, MN3, SPI, inner,
+from topo import (ALGS, BACKENDS, CN, COA1, COA2, EVIL, HA, MN1, MN2, MN3, inner,
                   make_topo, outer, random_bytes)
 
 SETTINGS = settings(max_examples=40, deadline=None,

@@ -43,7 +43,7 @@ import time
 import pytest
 
 from fastpath.control import ctl_request
-from netns import Topology, skip_reason, topology, wait_for
+from netns import Topology, skip_reason, stop, topology, wait_for
 
 pytestmark = pytest.mark.skipif(skip_reason(need_tun=True) is not None,
                                 reason=skip_reason(need_tun=True) or "")
@@ -104,17 +104,6 @@ def start(ns, cfg, sock, *extra):
     if p.poll() is not None:
         pytest.fail("forwarder exited: " + open(sock + ".log").read())
     return p
-
-
-def stop(procs, timeout=10):
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 # Runs in the router's namespace. ETH_P_ALL: a protocol-specific packet socket

@@ -47,7 +47,6 @@ def super_packet(payload: bytes, mss: int, seq=1000, flags="PA", options=TS, ecn
     p = bytearray(bytes(IPv6(src=SRC, dst=DST) / TCP(sport=40000, dport=5201, seq=seq, ack=99,
                                                   flags=flags, window=512, options=options)
                         / Raw(payload)))
-    tcp_len = (p[52] >> 4) * 4
     p[56:58] = struct.pack("!H", pseudo_sum(bytes(p), len(p) - 40, 6))
     gso = GSO_TCPV6 | (GSO_ECN if ecn else 0)
     # hdr_len as the kernel reports it (its linear length), not the header length
