@@ -42,7 +42,7 @@ cdef extern from "<sys/eventfd.h>" nogil:
 
 cdef enum:
     RING_SLOTS = 1024       # a burst of BUs waits here while the control loop catches up
-    PUNT_DATA = 2048
+    PUNT_DATA = 2048        # the smallest slot: a worker's slots hold its largest packet
     KIND_PUNT = 1          # a wire-side packet the engine does not handle, unchanged
     KIND_BINDING = 2       # an authenticated Mobility Header from a binding SA
     FRAG_BUF = 9216        # one fragment (at most the wire MTU we fragment for)
@@ -55,7 +55,7 @@ cdef struct fp_punt:
     int32_t sa
     int32_t mh_offset
     uint64_t seq
-    uint8_t data[PUNT_DATA]
+    uint8_t *data           # data_size bytes of the ring's buffer
 
 
 cdef class PuntRing:
@@ -65,17 +65,28 @@ cdef class PuntRing:
     cdef uint64_t tail          # written by the control thread
     cdef readonly int fd        # eventfd: readable when something was pushed
     cdef uint64_t overflow
+    cdef uint8_t *buf
+    cdef readonly int32_t data_size
 
-    def __cinit__(self):
+    def __cinit__(self, int data_size=PUNT_DATA):
+        """data_size: the largest packet a slot holds (the worker's largest:
+        a fragment of a jumbo-MTU wire must reach the control thread whole)."""
+        cdef int i
+        self.fd = -1
+        self.data_size = max(data_size, PUNT_DATA)
         self.slots = <fp_punt *>calloc(RING_SLOTS, sizeof(fp_punt))
-        if self.slots == NULL:
+        self.buf = <uint8_t *>malloc(<size_t>RING_SLOTS * self.data_size)
+        if self.slots == NULL or self.buf == NULL:
             raise MemoryError()
+        for i in range(RING_SLOTS):
+            self.slots[i].data = self.buf + <size_t>i * self.data_size
         self.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.fd < 0:
             raise OSError(errno, "eventfd")
 
     def __dealloc__(self):
         free(self.slots)
+        free(self.buf)
         if self.fd >= 0:
             close(self.fd)
 
@@ -83,7 +94,7 @@ cdef class PuntRing:
                    int32_t mh_offset, uint64_t seq) noexcept nogil:
         cdef uint64_t h = self.head
         cdef fp_punt *p
-        if n > PUNT_DATA or h - fp_load_u64(&self.tail) >= RING_SLOTS:
+        if n > self.data_size or h - fp_load_u64(&self.tail) >= RING_SLOTS:
             self.overflow += 1
             return False
         p = &self.slots[h % RING_SLOTS]
@@ -174,7 +185,7 @@ cdef class Worker:
         self.wire_batch = Batch(batch, max_packet, hugepages=True)
         if engine is not None:
             engine.reserve(self.home_batch)
-        self.punts = PuntRing()
+        self.punts = PuntRing(max_packet)
         self.null_forwarder = null_forwarder or engine is None
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0:
