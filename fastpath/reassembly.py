@@ -219,11 +219,11 @@ class Reassembler:
         cost = len(pkt)       # the headers count too: tiny fragments are not free
         d.nbytes += cost
         self._bytes += cost
-        if self._bytes > self.max_bytes:
-            self._make_room(key)
-            if key not in self._datagrams:
-                return None
         if d.first is None or d.end is None or d.have != d.end:
+            # held: make room for it (a completing fragment is released below
+            # at once, and must not evict other datagrams on its way out)
+            if self._bytes > self.max_bytes:
+                self._make_room(key)
             return None
         # Complete: every byte of 0..end is held exactly once.
         unfrag, first_nh_field, first_nxt = d.first

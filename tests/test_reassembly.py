@@ -326,3 +326,17 @@ def test_any_order_reproduces_the_packet(size, mtu, seed, hao, dup):
     assert len(r) <= dup
     r.expire(61.0)
     assert len(r) == 0 and r.buffered_bytes == 0
+
+
+def test_a_completing_fragment_evicts_nothing():
+    """The fragment that completes a datagram frees its bytes at once: it must
+    not first evict other datagrams to make room for itself."""
+    fa, fb = fragmented(body(3000, 1), ident=1), fragmented(body(1500, 2), ident=2)
+    assert len(fb) == 2
+    r = Reassembler(max_bytes=len(fa[0]) + len(fb[0]) + len(fb[1]) - 1)
+    r.add(fa[0], 0)
+    r.add(fb[0], 1)
+    assert r.add(fb[1], 1) == whole(body(1500, 2))
+    counts(r, fragments=3, reassembled=1)
+    assert len(r) == 1 and r.buffered_bytes == len(fa[0])
+    assert feed(r, fa[1:], 2) == [whole(body(3000, 1))]
