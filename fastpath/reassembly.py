@@ -272,14 +272,18 @@ class Reassembler:
 
     def _make_room(self, keep) -> None:
         """Over max_bytes: evict the oldest datagrams, the one just added to
-        (`keep`) last of all."""
-        for key in list(self._datagrams):
-            if self._bytes <= self.max_bytes:
+        (`keep`) last of all. Each eviction looks at the oldest one or two
+        keys only (not a copy of them all: this runs for every fragment of a
+        flood at the limit)."""
+        while self._bytes > self.max_bytes:
+            victim = keep
+            for key in self._datagrams:      # oldest first
+                if key != keep:
+                    victim = key
+                    break
+            self._evict(victim)
+            if victim == keep:
                 return
-            if key != keep:
-                self._evict(key)
-        if self._bytes > self.max_bytes:
-            self._evict(keep)
 
     def _forget(self, key, d: _Datagram) -> None:
         del self._datagrams[key]
