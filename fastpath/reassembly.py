@@ -308,7 +308,7 @@ def _locate(pkt: bytes) -> tuple[int, int] | None:
     if len(pkt) < HEADER_LEN or pkt[0] >> 4 != 6:
         return None
     try:
-        chain = walk_chain(pkt)
+        chain = walk_chain(pkt, options=False)     # the header lengths are enough
     except (ChainError, IndexError):
         return None
     if chain.next_header != NH_FRAGMENT:
