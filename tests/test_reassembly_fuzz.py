@@ -216,12 +216,27 @@ def test_random_fragment_streams_are_accounted(stream, data, max_datagrams, max_
 
 
 # -- the control thread's slow path --------------------------------------------------------
+from pathlib import Path  # noqa: E402
+
+from scapy.layers.inet6 import HAO, MIP6MH_BU, IPv6, IPv6ExtHdrDestOpt  # noqa: E402
 from test_reassembly_engine import control_plane, esp_tunnel, fragment, read_all  # noqa: E402
-from topo import make_topo  # noqa: E402
+from topo import CN, COA2, HA, MN1, MN2, inner, make_topo, outer  # noqa: E402
+
+from fastpath.binding import BindingCache  # noqa: E402
+from fastpath.config import load  # noqa: E402
+from fastpath.ref.ipv6 import ntop  # noqa: E402
 
 _TOPO = make_topo()
 _CP = control_plane(_TOPO, vnet=False)     # one engine: each registers a worker slot
-_REAL = [f for s in (7, 8) for f in fragment(esp_tunnel(_TOPO, seq=s)[1], ident=s)]
+# a binding cache, for the punts that are not fragments (BindingCache.unprotected)
+_CP[0].bindings = BindingCache(_TOPO.sad, load(Path(__file__).parent.parent / "examples" / "ha.toml"))
+_CLEAR_BU = bytes(IPv6(src="2001:db8:4::40", dst=ntop(HA)) / IPv6ExtHdrDestOpt(
+    options=[HAO(hoa=ntop(MN1))]) / MIP6MH_BU(seq=1, flags="AH", mhtime=100))
+# whole datagrams' fragments (ESP tunnel, plain tunnel, BU in the clear)
+_GROUPS = [fragment(esp_tunnel(_TOPO, seq=s)[1], ident=s) for s in (7, 8)]
+_GROUPS += [fragment(outer(COA2, HA, 41, inner(MN2, CN, 1300)), ident=10),
+            fragment(_CLEAR_BU, mtu=72, ident=9)]
+_REAL = [_CLEAR_BU] + [f for g in _GROUPS for f in g]
 
 
 @st.composite
@@ -239,10 +254,13 @@ def punts(draw):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(punts(), max_size=30))
+@given(st.lists(st.one_of(punts().map(lambda p: [p]),
+                         st.sampled_from(_GROUPS).flatmap(st.permutations)), max_size=20)
+       .map(lambda groups: [p for g in groups for p in g]))
 def test_control_plane_slow_path_never_raises(pkts):
     cp, home = _CP
     cp.reassembler = Reassembler()
+    cp.events.clear()
     decisions = []
     for p in pkts:
         cp._punt(p, decisions)
@@ -250,4 +268,6 @@ def test_control_plane_slow_path_never_raises(pkts):
     cp.reassembler.expire(float("inf"))
     assert cp.reassembler.buffered_bytes == 0 and len(cp.reassembler) == 0
     read_all(home)
+    for k in cp.events:
+        event(k.split("next_header_")[0])
 
