@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from fastpath.reassembly import FRAGMENT_HEADER_LEN, Reassembler, _locate
 from fastpath.ref.ipv6 import HEADER_LEN, NH_FRAGMENT
 
+SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 FRAGMENT_DROPS = ("atomic", "malformed", "not_multiple_of_8", "duplicate", "after_discard")
 DATAGRAM_ENDS = ("reassembled", "overlap", "inconsistent_length", "beyond_end", "timeout",
                  "evicted")
@@ -188,7 +189,7 @@ def nests(pkt: bytes) -> bool:
     return where is not None and where[0] < len(pkt) and pkt[where[0]] not in NEXT_HEADERS
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=SLOW_OK)
 @given(streams(), st.data(), st.integers(1, 6),
        st.sampled_from([120, 600, 3000, 1 << 20, 4 << 20]))
 def test_random_fragment_streams_are_accounted(stream, data, max_datagrams, max_bytes):
@@ -253,7 +254,7 @@ def punts(draw):
     return pkt
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=SLOW_OK)
 @given(st.lists(st.one_of(punts().map(lambda p: [p]),
                          st.sampled_from(_GROUPS).flatmap(st.permutations)), max_size=20)
        .map(lambda groups: [p for g in groups for p in g]))
