@@ -518,11 +518,13 @@ class BindingCache:
         if len(packet) < 40 or packet[0] >> 4 != 6:
             return None
         try:
+            # options (the HAO) only for a BU: see walk_chain(options=False)
+            chain = walk_chain(packet, options=False)
+            if (chain.next_header != NH_MH or chain.offset + 3 > len(packet)
+                    or packet[chain.offset + 2] != mh.MHType.BINDING_UPDATE):
+                return None
             chain = walk_chain(packet)
         except ChainError:
-            return None
-        if (chain.next_header != NH_MH or chain.offset + 3 > len(packet)
-                or packet[chain.offset + 2] != mh.MHType.BINDING_UPDATE):
             return None
         self._counters["bu_received"] += 1
         self._counters["bu_rejected"] += 1

@@ -219,11 +219,11 @@ class Reassembler:
         cost = len(pkt)       # the headers count too: tiny fragments are not free
         d.nbytes += cost
         self._bytes += cost
-        if self._bytes > self.max_bytes:
-            self._make_room(key)
-            if key not in self._datagrams:
-                return None
         if d.first is None or d.end is None or d.have != d.end:
+            # held: make room for it (a completing fragment is released below
+            # at once, and must not evict other datagrams on its way out)
+            if self._bytes > self.max_bytes:
+                self._make_room(key)
             return None
         # Complete: every byte of 0..end is held exactly once.
         unfrag, first_nh_field, first_nxt = d.first
@@ -272,14 +272,18 @@ class Reassembler:
 
     def _make_room(self, keep) -> None:
         """Over max_bytes: evict the oldest datagrams, the one just added to
-        (`keep`) last of all."""
-        for key in list(self._datagrams):
-            if self._bytes <= self.max_bytes:
+        (`keep`) last of all. Each eviction looks at the oldest one or two
+        keys only (not a copy of them all: this runs for every fragment of a
+        flood at the limit)."""
+        while self._bytes > self.max_bytes:
+            victim = keep
+            for key in self._datagrams:      # oldest first
+                if key != keep:
+                    victim = key
+                    break
+            self._evict(victim)
+            if victim == keep:
                 return
-            if key != keep:
-                self._evict(key)
-        if self._bytes > self.max_bytes:
-            self._evict(keep)
 
     def _forget(self, key, d: _Datagram) -> None:
         del self._datagrams[key]
@@ -304,7 +308,7 @@ def _locate(pkt: bytes) -> tuple[int, int] | None:
     if len(pkt) < HEADER_LEN or pkt[0] >> 4 != 6:
         return None
     try:
-        chain = walk_chain(pkt)
+        chain = walk_chain(pkt, options=False)     # the header lengths are enough
     except (ChainError, IndexError):
         return None
     if chain.next_header != NH_FRAGMENT:

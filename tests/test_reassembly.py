@@ -326,3 +326,72 @@ def test_any_order_reproduces_the_packet(size, mtu, seed, hao, dup):
     assert len(r) <= dup
     r.expire(61.0)
     assert len(r) == 0 and r.buffered_bytes == 0
+
+
+def test_a_completing_fragment_evicts_nothing():
+    """The fragment that completes a datagram frees its bytes at once: it must
+    not first evict other datagrams to make room for itself."""
+    fa, fb = fragmented(body(3000, 1), ident=1), fragmented(body(1500, 2), ident=2)
+    assert len(fb) == 2
+    r = Reassembler(max_bytes=len(fa[0]) + len(fb[0]) + len(fb[1]) - 1)
+    r.add(fa[0], 0)
+    r.add(fb[0], 1)
+    assert r.add(fb[1], 1) == whole(body(1500, 2))
+    counts(r, fragments=3, reassembled=1)
+    assert len(r) == 1 and r.buffered_bytes == len(fa[0])
+    assert feed(r, fa[1:], 2) == [whole(body(3000, 1))]
+
+
+def test_making_room_is_not_a_walk_over_every_datagram():
+    """At the byte limit each new fragment evicts the oldest datagram: that
+    must cost O(1), not a copy of every key held (a flood at the limit made
+    each fragment ~5x dearer with 1000 datagrams held)."""
+    from collections import OrderedDict
+
+    class Counting(OrderedDict):
+        seen = 0
+
+        def __iter__(self):
+            for k in super().__iter__():
+                Counting.seen += 1
+                yield k
+
+    first = fragmented(body(1500, 1))[0]
+    frags = [first[:44] + i.to_bytes(4, "big") + first[48:] for i in range(600)]
+    r = Reassembler(max_bytes=200 * len(frags[0]), max_datagrams=1000)
+    r._datagrams = Counting()
+    for f in frags:
+        r.add(f, 0.0)
+    assert r.counters()["evicted"] == 400 and len(r) == 200
+    assert Counting.seen < 10 * len(frags)
+
+
+@pytest.mark.parametrize("pkt", [
+    b"", b"\x60" * 39, bytes(40),
+    bytes([0x45]) + bytes(59),                                              # IPv4
+    raw(IPv6(src=SRC, dst=DST, nh=0) / Raw(bytes([44, 1]) + bytes(6))),     # HbH cut short
+    raw(IPv6(src=SRC, dst=DST) / IPv6ExtHdrHopByHop(nh=44) / Raw(b"\x32\0")),  # Fragment cut
+], ids=["empty", "39-bytes", "version-0", "ipv4", "hbh-cut", "fragment-cut"])
+def test_garbage_is_counted_not_raised(pkt):
+    r = Reassembler()
+    assert r.add(pkt, 0.0) is None
+    counts(r, fragments=1, malformed=1)
+    assert len(r) == 0 and r.buffered_bytes == 0
+
+
+def test_eight_thousand_tiny_fragments_of_one_datagram():
+    """The most pieces a datagram can have (8-byte pieces up to offset
+    65528): linear in their number, each charged its whole packet, and the
+    datagram comes out whole; 2000 more copies are duplicates."""
+    data = body(8191 * 8)
+    head = raw(IPv6(src=SRC, dst=DST, plen=16, nh=44))
+    frags = [head + bytes([ESP, 0]) + (k << 3 | (k < 8190)).to_bytes(2, "big")
+             + (5).to_bytes(4, "big") + data[8 * k:8 * k + 8] for k in range(8191)]
+    order = list(range(8190))
+    random.Random(3).shuffle(order)
+    r = Reassembler()
+    assert feed(r, [frags[k] for k in order] + [frags[k] for k in order[:2000]]) == []
+    assert r.buffered_bytes == 8190 * len(frags[0]) <= r.max_bytes
+    assert r.add(frags[8190], 0.0) == whole(data)
+    counts(r, fragments=8191 + 2000, duplicate=2000, reassembled=1)
+    assert r.buffered_bytes == 0
