@@ -19,6 +19,7 @@ import textwrap
 from typing import Sequence
 
 from fastpath.config import SUMMARY_HEADER, Config, ConfigError, load
+from fastpath.control import PUNT_RATE
 from fastpath.netlink import QUEUE_LEN
 from fastpath.pcap import PcapError
 
@@ -190,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        crypto=args.crypto, role=args.role, home_address=args.home_address,
                        enable_forwarding=args.enable_forwarding,
                        null_forwarder=args.null_forwarder, offload=args.offload,
-                       queue_len=args.queue_len or QUEUE_LEN, realtime=args.realtime)
+                       queue_len=args.queue_len or QUEUE_LEN, realtime=args.realtime,
+                       punt_rate=args.punt_rate)
         fwd = Forwarder(cfg, opts)
         fwd.start()
     except (ValueError, OSError, RuntimeError, PermissionError) as e:
@@ -277,6 +279,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
     return v
 
 
@@ -454,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "at SCHED_FIFO 1, so a Binding Ack never waits for a CPU behind other "
                          "processes; a saturated worker then keeps its CPU (default: "
                          "[home_agent] realtime, true)")
+    sp.add_argument("--punt-rate", type=_non_negative_float, default=PUNT_RATE, metavar="PPS",
+                    help="control-plane policing: unauthenticated packets each worker hands "
+                         "to the control thread per second (fragments to reassemble, ICMPv6 "
+                         "and Mobility Headers in the clear); the rest are dropped and counted "
+                         "(punt_policed). Authenticated Binding Updates are never policed. "
+                         "0 = no limit (default: %(default)g)")
     sp.add_argument("--null-forwarder", action="store_true", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_run)
 

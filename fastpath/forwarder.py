@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastpath.control import PUNT_RATE
 from fastpath.core.engine import Engine
 from fastpath.core.worker import Worker
 from fastpath.netlink import QUEUE_LEN
@@ -67,6 +68,7 @@ class Options:
     offload: bool = True                # IFF_VNET_HDR + TSO/GRO on the home TUN
     queue_len: int = QUEUE_LEN          # txqueuelen of both TUNs
     realtime: bool | None = None        # SCHED_FIFO threads (home agent); None: the config's
+    punt_rate: float = PUNT_RATE        # unauthenticated punts per second and worker (0: no limit)
     poll_ms: int = 200
     netns: str | None = None
 
@@ -128,6 +130,8 @@ class Forwarder:
             eng = Engine(self.sad, self.backend, max_batch=opts.batch)
             w = Worker(eng, home[i], wire[i], opts.batch, max(2048, cfg.home_agent.mtu + 64),
                        opts.null_forwarder, min(cfg.home_agent.mtu, 9000), opts.offload)
+            w.punt_rate = opts.punt_rate
+            w.punt_burst = max(1.0, opts.punt_rate / 10)      # 100 ms of the rate
             self.engines.append(eng)
             self.workers.append(w)
         for i, w in enumerate(self.workers):

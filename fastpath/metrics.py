@@ -95,7 +95,9 @@ def prometheus(snapshot: dict) -> str:
                        ("gro_packets", "Merged TCP writes to the home TUN."),
                        ("gro_segments", "Segments carried by merged TCP writes."),
                        ("offload_errors", "Home TUN reads with an offload request we refuse "
-                                          "(dropped).")):
+                                          "(dropped)."),
+                       ("punt_policed", "Unauthenticated packets for the control plane dropped "
+                                        "above --punt-rate (fragments, ICMPv6, ...).")):
         family(f"fastpath_{key}_total", "counter", help_)
         lines.append(_line(f"fastpath_{key}_total", io.get(key, 0)))
     control = dict(snapshot.get("control", {}))

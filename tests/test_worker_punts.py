@@ -11,24 +11,30 @@ from fastpath.core.worker import Worker
 from topo import COA1, HA, make_topo, outer
 
 
-def run_worker(max_packet, packets):
+def run_worker(max_packet, packets, punt_rate=None, punt_burst=None, expect=None):
     topo = make_topo(mtu=9000)
     home_us, home_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     wire_us, wire_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s in (home_us, wire_us):
         s.setblocking(False)
     w = Worker(topo.engine, home_us.fileno(), wire_us.fileno(), 8, max_packet, mtu=9000)
+    if punt_rate is not None:
+        w.punt_rate, w.punt_burst = punt_rate, punt_burst
+    expect = len(packets) if expect is None else expect
     t = threading.Thread(target=w.run, kwargs={"poll_ms": 20})
     t.start()
     try:
         for p in packets:
             wire_them.send(p)
         got, end = [], time.monotonic() + 5
-        while len(got) < len(packets) and time.monotonic() < end:
+        while time.monotonic() < end:
             got += w.punts.drain(topo.sad)
-            if w.counters()["rx_oversize"]["wire"]:
+            c = w.counters()
+            if c["rx"]["wire"] + c["rx_oversize"]["wire"] == len(packets) and len(got) >= expect:
                 break
             time.sleep(0.01)
+        time.sleep(0.05)
+        got += w.punts.drain(topo.sad)
         return got, w.counters(), w.punts.overflow_count
     finally:
         w.stop()
@@ -56,3 +62,13 @@ def test_a_packet_bigger_than_the_slots_is_counted_not_punted():
     got, counters, overflow = run_worker(2048, [fragment(2040), fragment(5000)])
     assert counters["rx_oversize"]["wire"] == 1         # never read into a slot whole
     assert [bytes(v) for _, v in got] == [fragment(2040)]
+
+
+def test_unauthenticated_punts_are_policed_in_the_worker():
+    """Past --punt-rate, punts are dropped in the worker and counted: the
+    control thread (above the workers in priority) never sees them."""
+    pkts = [fragment(200 + k) for k in range(50)]
+    got, counters, overflow = run_worker(2048, pkts, punt_rate=0.001, punt_burst=5, expect=5)
+    assert len(got) == 5 and counters["punt_policed"] == 45 and overflow == 0
+    got, counters, _ = run_worker(2048, pkts, punt_rate=0, punt_burst=0)     # 0: no limit
+    assert len(got) == 50 and counters["punt_policed"] == 0

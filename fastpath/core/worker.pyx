@@ -13,6 +13,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 from libc.errno cimport errno, EAGAIN, EINTR
 from posix.unistd cimport read, write, close
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from fastpath.core.batch cimport Batch, HEADROOM
@@ -46,6 +47,8 @@ cdef enum:
     KIND_PUNT = 1          # a wire-side packet the engine does not handle, unchanged
     KIND_BINDING = 2       # an authenticated Mobility Header from a binding SA
     FRAG_BUF = 9216        # one fragment (at most the wire MTU we fragment for)
+    PUNT_RATE = 10000      # default policing of unauthenticated punts, per worker and second
+    PUNT_BURST = 1000
     SIDE_HOME = 0
     SIDE_WIRE = 1
 
@@ -169,6 +172,15 @@ cdef class Worker:
     cdef uint64_t gro_packets
     cdef uint64_t gro_segments
     cdef uint64_t offload_errors
+    # Control-plane policing: unauthenticated punts (fragments, ICMPv6, a
+    # Mobility Header in the clear) cost the control thread Python time at a
+    # real-time priority above the workers; past this rate they are dropped
+    # here, in C, and counted. Authenticated Binding Updates are not policed.
+    cdef public double punt_rate      # punts per second (0: no limit)
+    cdef public double punt_burst
+    cdef double punt_tokens
+    cdef double punt_last
+    cdef uint64_t punt_policed
 
     def __cinit__(self, Engine engine, int home_fd, int wire_fd, int batch=64,
                   int max_packet=2048, bint null_forwarder=False, int mtu=65535,
@@ -195,6 +207,9 @@ cdef class Worker:
         self.mtu = mtu
         self.frag_id = <uint32_t>int.from_bytes(__import__("os").urandom(4), "big")
         self.home_vnet = home_vnet
+        self.punt_rate = PUNT_RATE
+        self.punt_burst = PUNT_BURST
+        self.punt_tokens = PUNT_BURST
         if home_vnet:
             self.tso.buf = <uint8_t *>malloc(GSO_BUF)
             if self.tso.buf == NULL:
@@ -232,6 +247,7 @@ cdef class Worker:
             "gro_packets": self.gro_packets,
             "gro_segments": self.gro_segments,
             "offload_errors": self.offload_errors,
+            "punt_policed": self.punt_policed,
         }
 
     cdef void _loop(self, int poll_ms) noexcept nogil:
@@ -462,12 +478,32 @@ cdef class Worker:
             off += part
         return n
 
+    cdef bint _punt_token(self) noexcept nogil:
+        """A token bucket of punt_rate per second, punt_burst deep."""
+        cdef timespec ts
+        cdef double now
+        if self.punt_rate <= 0:
+            return True
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        now = ts.tv_sec + ts.tv_nsec * 1e-9
+        self.punt_tokens += (now - self.punt_last) * self.punt_rate
+        self.punt_last = now
+        if self.punt_tokens > self.punt_burst:
+            self.punt_tokens = self.punt_burst
+        if self.punt_tokens < 1.0:
+            return False
+        self.punt_tokens -= 1.0
+        return True
+
     cdef void _punt(self, Batch b) noexcept nogil:
         cdef int i, k
         cdef bint pushed = False
         cdef fp_binding_rec *r
         for i in range(b.count):
             if b.c_verdict[i] == V_PUNT:
+                if not self._punt_token():
+                    self.punt_policed += 1
+                    continue
                 pushed |= self.punts.push(KIND_PUNT, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i],
                                           b.c_len[i], -1, 0, 0)
         for k in range(self.engine.n_bindings):
