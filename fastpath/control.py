@@ -31,6 +31,7 @@ log = logging.getLogger("fastpath.control")
 # drops the rest in C (punt_policed). This thread runs above the workers
 # (SCHED_FIFO 2) and spends Python time on each: ~10 us per fragment.
 PUNT_RATE = 10000.0
+PUNT_CPU_SHARE = 0.2      # of each second of this thread, at most this on punts (then shed)
 REASSEMBLY_CHECK_S = 1.0  # how often stale fragments are dropped (they wait 60 s)
 MAX_REASSEMBLED = 40 + 65535   # the largest packet reassembly can produce
 CTL_COMMANDS = ("status", "bindings", "sas", "counters")
@@ -89,6 +90,8 @@ class ControlPlane:
         self.scheduling = None            # what fastpath.sched applied (home agent)
         self.reassembler = Reassembler()  # outer fragments from the wire (both roles)
         self._slow_batch = None           # one slot for a reassembled packet (made on first use)
+        self._punt_window = 0.0           # start of the current second of punt work ...
+        self._punt_spent = 0.0            # ... and the CPU seconds spent on punts in it
         fwd.control = self
         if fwd.opts.role == "home-agent":
             try:
@@ -187,13 +190,33 @@ class ControlPlane:
 
     # -- packets from the workers ------------------------------------------------
     def _drain(self, worker) -> None:
+        # Authenticated Binding Updates first: a burst of unauthenticated
+        # punts drained with them must not delay their Binding Acks.
         decisions = []
+        punts = []
         for kind, item in worker.punts.drain(self.fwd.sad):
             if kind == "binding":
                 decisions.append(self._binding_update(item))
             else:
-                self._punt(item, decisions)
+                punts.append(item)
+        for item in punts:
+            if self._punt_over_budget():
+                self.events["punt.shed"] += 1
+                continue
+            t0 = time.perf_counter()
+            self._punt(item, decisions)
+            self._punt_spent += time.perf_counter() - t0
         self._finish_decisions(decisions)
+
+    def _punt_over_budget(self) -> bool:
+        """The workers police how many punts arrive (--punt-rate); this bounds
+        what they cost: at most PUNT_CPU_SHARE of each second of this thread,
+        which runs above the workers, goes to unauthenticated packets, however
+        expensive each one is made to be."""
+        now = time.monotonic()
+        if now - self._punt_window >= 1.0:
+            self._punt_window, self._punt_spent = now, 0.0
+        return self._punt_spent >= PUNT_CPU_SHARE
 
     def _finish_decisions(self, decisions: list) -> None:
         if self.bindings is not None and decisions:

@@ -6,6 +6,7 @@ the inner packet to the home TUN (here a pipe) as a worker would."""
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -268,3 +269,31 @@ def test_control_plane_does_not_walk_the_options_of_a_punted_packet(monkeypatch)
     assert calls == []
     assert cp.reassembler.counters()["fragments"] == 1 and len(cp.reassembler) == 1
     assert cp.events["punt.next_header_60"] == 1
+
+
+def test_drain_answers_bindings_first_and_bounds_punt_cpu(monkeypatch):
+    """Authenticated BUs drained with a burst of unauthenticated punts are
+    handled first; punts get at most PUNT_CPU_SHARE of each second of the
+    control thread, the rest are shed and counted."""
+    import fastpath.control as control
+    topo = make_topo()
+    cp, _home = control_plane(topo, False)
+    cp._punt_window, cp._punt_spent = 0.0, 0.0
+    order = []
+    cp._binding_update = lambda vb: order.append(("binding", vb))
+    cp._finish_decisions = lambda decisions: None
+
+    def slow_punt(pkt, decisions):
+        order.append(("punt", pkt))
+        time.sleep(0.01)                      # an expensive packet
+    cp._punt = slow_punt
+    items = [("punt", b"p%d" % k) for k in range(20)]
+    items.insert(7, ("binding", "bu1"))
+    items.append(("binding", "bu2"))
+    worker = SimpleNamespace(punts=SimpleNamespace(drain=lambda sad: items))
+    monkeypatch.setattr(control, "PUNT_CPU_SHARE", 0.035)
+    cp._drain(worker)
+    assert order[:2] == [("binding", "bu1"), ("binding", "bu2")]
+    done = [x for k, x in order if k == "punt"]
+    assert done == [b"p%d" % k for k in range(len(done))]     # in arrival order
+    assert 3 <= len(done) <= 5 and cp.events["punt.shed"] == 20 - len(done)
