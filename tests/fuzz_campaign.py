@@ -15,7 +15,7 @@ import struct
 import sys
 import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topo import make_topo, inner, outer, CN, HA, MN1, MN2, COA1, COA2, BACKENDS
+from topo import make_topo, inner, outer, CN, HA, MN2, COA1, COA2, BACKENDS
 from test_reassembly_engine import esp_tunnel, fragment
 from test_binding_swap import build_bu
 from fastpath.core.batch import Batch

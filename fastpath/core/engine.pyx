@@ -21,7 +21,7 @@ from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit_locked
 from fastpath.core.includes.atomic cimport *
 from fastpath.core.includes.fpbytes cimport fp_ld_u64, fp_ld_be32, fp_eq128, fp_copy40, fp_st_be16
 from fastpath.core.includes.openssl cimport RAND_bytes
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from fastpath.core.includes.bucket cimport fp_bucket_take
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from fastpath.verdicts import REASON_NAMES, Verdict
@@ -276,18 +276,7 @@ cdef class Engine:
         return self._iv_scratch()
 
     cdef bint _ptb_token(self) noexcept nogil:
-        cdef timespec ts
-        cdef double now
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        now = ts.tv_sec + ts.tv_nsec * 1e-9
-        self.ptb_tokens += (now - self.ptb_last) * self.ptb_rate
-        self.ptb_last = now
-        if self.ptb_tokens > self.ptb_burst:
-            self.ptb_tokens = self.ptb_burst
-        if self.ptb_tokens < 1.0:
-            return False
-        self.ptb_tokens -= 1.0
-        return True
+        return fp_bucket_take(&self.ptb_tokens, &self.ptb_last, self.ptb_rate, self.ptb_burst)
 
     cdef void _too_big(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s,
                        int32_t inner_mtu) noexcept nogil:

@@ -13,7 +13,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 from libc.errno cimport errno, EAGAIN, EINTR
 from posix.unistd cimport read, write, close
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from fastpath.core.includes.bucket cimport fp_bucket_take
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from fastpath.core.batch cimport Batch, HEADROOM
@@ -478,22 +478,9 @@ cdef class Worker:
             off += part
         return n
 
-    cdef bint _punt_token(self) noexcept nogil:
-        """A token bucket of punt_rate per second, punt_burst deep."""
-        cdef timespec ts
-        cdef double now
-        if self.punt_rate <= 0:
-            return True
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        now = ts.tv_sec + ts.tv_nsec * 1e-9
-        self.punt_tokens += (now - self.punt_last) * self.punt_rate
-        self.punt_last = now
-        if self.punt_tokens > self.punt_burst:
-            self.punt_tokens = self.punt_burst
-        if self.punt_tokens < 1.0:
-            return False
-        self.punt_tokens -= 1.0
-        return True
+    cdef inline bint _punt_token(self) noexcept nogil:
+        return self.punt_rate <= 0 or fp_bucket_take(&self.punt_tokens, &self.punt_last,
+                                                     self.punt_rate, self.punt_burst)
 
     cdef void _punt(self, Batch b) noexcept nogil:
         cdef int i, k
