@@ -623,6 +623,11 @@ cdef class Engine:
         cdef fp_job *j
         cdef fp_seq_run *rn
         cdef const uint8_t *tmpl = NULL     # the run's outer header template
+        # (Measured, not kept: sealing ipsec-mb GCM jobs inside this loop as
+        # _classify_in() opens them. Right after framing, the GCM call's
+        # loads wait on the framing's stores: eng/bare 0.72 -> 0.47 at 64 B;
+        # 8 jobs later 0.72 -> 0.69; 24 jobs later no change. seal() below
+        # takes the batch as a separate pass.)
         for k in range(nj):
             j = &jobs[k]
             i = j.slot
