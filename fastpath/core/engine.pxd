@@ -62,7 +62,6 @@ cdef struct fp_in_state:
     uint32_t spi
     int32_t s           # its index, -1: none
     int nj
-    int nopen           # jobs[0:nopen] already opened (ipsec-mb GCM, in pass 1)
 
 cdef struct fp_binding_rec:
     int32_t slot

@@ -14,7 +14,6 @@ from libc.string cimport memcpy, memmove, memcmp, memset
 
 from fastpath.core.batch cimport Batch, HEADROOM, TAILROOM, batch_copy
 from fastpath.core.esp cimport (fp_job, fp_keys, CryptoWorker, KIND_GCM, KIND_CBC_HMAC,
-                                BACKEND_IPSECMB,
                                 esp_frame_out, esp_frame_gcm, esp_frame_in, esp_ct_len,
                                 esp_trailer)
 from fastpath.core.sad cimport *
@@ -22,8 +21,6 @@ from fastpath.core.replay cimport esn_infer, replay_fresh, replay_commit_locked
 from fastpath.core.includes.atomic cimport *
 from fastpath.core.includes.fpbytes cimport fp_ld_u64, fp_ld_be32, fp_eq128, fp_copy40, fp_st_be16
 from fastpath.core.includes.openssl cimport RAND_bytes
-from fastpath.core.includes.ipsecmb cimport fp_mb_mgr, fp_mb_gcm_one
-from fastpath.core.includes.fpbytes cimport fp_icv_eq
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -92,18 +89,6 @@ cdef inline bint is_mh_type(const uint8_t *p, int32_t n, uint8_t mh_type) noexce
         nh = p[off]
         off += (<int32_t>p[off + 1] + 1) * 8
     return False
-
-
-cdef enum:
-    OPEN_LAG = 8        # pass 1 opens (ipsec-mb GCM) the job framed this many jobs before
-
-
-cdef inline void _mb_gcm_open(fp_mb_mgr *mb, void *gctx, fp_job *j) noexcept nogil:
-    """CryptoWorker.open() of one ipsec-mb AES-GCM job: the same direct call,
-    then the constant-time tag compare."""
-    fp_mb_gcm_one(mb, 0, j.keys.mb_gcm, j.keys.enc_key_len, gctx, j.ct, j.ct_len,
-                  j.nonce, j.aad, j.aad_len, j.tag)
-    j.ok = fp_icv_eq(j.tag, j.rx, j.keys.icv_len)
 
 
 cdef class Engine:
@@ -763,7 +748,6 @@ cdef class Engine:
         st.s = -1
         st.spi = 0
         st.nj = 0
-        st.nopen = 0
         # Every packet goes home unless a drop, punt or binding says otherwise.
         memset(b.c_verdict, V_TO_HOME, b.count)
         memset(b.c_reason, R_NONE, b.count)
@@ -771,8 +755,7 @@ cdef class Engine:
         nj = st.nj
         if nj == 0:
             return
-        if st.nopen < nj:
-            self.crypto.open(self.jobs + st.nopen, nj - st.nopen)
+        self.crypto.open(self.jobs, nj)
         self._finish_in(b, nj)
 
     cdef void _classify_in(self, Batch b, fp_in_state *st) noexcept nogil:
@@ -797,20 +780,7 @@ cdef class Engine:
         cdef fp_sa *sa = NULL
         cdef fp_keys *kk = NULL
         cdef fp_sa_hot *hot = NULL
-        # ipsec-mb AES-GCM: the jobs are opened during this pass, each
-        # OPEN_LAG jobs after it was framed (sooner, the crypto's loads would
-        # wait for the framing's stores), while every job so far is one:
-        # jobs[0:nopen] are opened, open() takes the rest. Nothing is
-        # committed before pass 3, so the pre-checks still see the window of
-        # the batch start.
-        cdef fp_mb_mgr *mb = self.crypto.mb if self.crypto.backend == BACKEND_IPSECMB else NULL
-        cdef void *gctx = self.crypto.gcm_ctx
-        cdef int nopen = st.nopen
-        cdef bint pipe = mb != NULL and nopen == nj
         for i in range(b.count):
-            if pipe and nj - nopen > OPEN_LAG:
-                _mb_gcm_open(mb, gctx, &jobs[nopen])
-                nopen += 1
             # offsets/lengths are numpy arrays Python can write: never trust them.
             off = c_off[i]
             n = c_len[i]
@@ -833,8 +803,6 @@ cdef class Engine:
                     continue
             st.nj = nj
             self._classify_in_one(b, i, p, n, st)
-            if st.nj != nj and jobs[nj].keys.kind != KIND_GCM:
-                pipe = False
             nj = st.nj
             s = st.s
             if s >= 0:
@@ -842,14 +810,13 @@ cdef class Engine:
                 sa = &self.t.sas[s]
                 kk = sa.keys
                 hot = &self.t.hot[s]
-                fast = not sa.esn and sa.mode == MODE_TUNNEL and (kk.kind == KIND_GCM or not pipe)
+                fast = not sa.esn and sa.mode == MODE_TUNNEL
                 ovh = 48 + kk.iv_len + kk.icv_len
                 hin = 48 + kk.iv_len
                 amask = kk.align - 1
             else:
                 fast = False
         st.nj = nj
-        st.nopen = nopen
 
     cdef void _classify_in_one(self, Batch b, int i, uint8_t *p, int32_t n,
                                fp_in_state *st) noexcept nogil:
