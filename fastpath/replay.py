@@ -67,7 +67,7 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
     side_of_batch: list[str | None] = [None]
 
     with pcap.PcapWriter(out_path) as out:
-        def flush():
+        def flush(batch=batch):
             if not pending:
                 return
             if side_of_batch[0] == HOME:
@@ -119,11 +119,13 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                     res.verdicts["drop"] += 1
                     res.drops["nested_fragment"] += 1
                     continue
-                if len(pkt) > batch.max_packet:
+                if len(pkt) > batch.max_packet:    # alone, in a slot of its size
                     flush()
+                    side_of_batch[0] = WIRE
                     big = Batch(1, max_packet=len(pkt) + 64)
                     big.set(0, pkt)
-                    _one_big(engine, big, ts, res, out)
+                    pending.append(ts)
+                    flush(big)
                     continue
             if len(pkt) > batch.max_packet:
                 res.verdicts["drop"] += 1
@@ -143,22 +145,6 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
         flush()
     res.reassembly = {k: v for k, v in reasm.counters().items() if v}
     return res, sad
-
-
-def _one_big(engine, big, ts, res, out) -> None:
-    """A reassembled wire-side packet too big for the batch's slots: decap
-    alone. (Binding Updates are small; one this big is dropped as such.)"""
-    engine.decap(big)
-    [(v, r, data)] = big.results()
-    res.verdicts[Verdict(v).name.lower()] += 1
-    if v == Verdict.DROP:
-        res.drops[Reason(r).name.lower()] += 1
-    elif v == Verdict.TO_HOME:
-        out.write(data, ts)
-        res.packets_out += 1
-    elif v == Verdict.BINDING:
-        engine.take_bindings()
-        res.drops["binding_too_big"] += 1
 
 
 def format_report(res: ReplayResult, sad) -> str:
