@@ -127,7 +127,10 @@ class ControlPlane:
             servers.append(await asyncio.start_server(self._serve_metrics, host.strip("[]"),
                                                       int(port)))
             log.info("metrics on http://%s/metrics", self.metrics_addr)
-        timers = [asyncio.ensure_future(self._sequence_timer()),
+        # reservations are checked every 20-100 ms, as they ask (seqstore.plan):
+        # an idle forwarder wakes ~10 times a second, not 100
+        timers = [asyncio.ensure_future(self._every(self._sequence_check_s,
+                                                    self._extend_sequences)),
                   asyncio.ensure_future(self._every(REASSEMBLY_CHECK_S, self._expire_fragments))]
         if self.bindings is not None:
             timers.append(asyncio.ensure_future(self._every(1.0, self._expire)))
@@ -180,9 +183,11 @@ class ControlPlane:
         if self.stop_event is not None:
             self.stop_event.set()
 
-    async def _every(self, period: float, fn) -> None:
+    async def _every(self, period, fn) -> None:
+        """fn() every `period` seconds (a number, or a function that says how
+        long to wait next) until cancelled."""
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(period() if callable(period) else period)
             try:
                 fn()
             except Exception:            # a timer must not die silently
@@ -369,16 +374,9 @@ class ControlPlane:
             self.fwd.host.unbind(hoa)
 
     # -- timers --------------------------------------------------------------------
-    async def _sequence_timer(self) -> None:
-        # every 20-100 ms, as the reservations ask (seqstore.plan): an idle
-        # forwarder wakes ~10 times a second, not 100
-        while True:
-            store = self.fwd.seqstore
-            await asyncio.sleep(store.next_check_s if store is not None else 1.0)
-            try:
-                self._extend_sequences()
-            except Exception:            # a timer must not die silently
-                log.exception("sequence reservation check failed")
+    def _sequence_check_s(self) -> float:
+        store = self.fwd.seqstore
+        return store.next_check_s if store is not None else 1.0
 
     def _extend_sequences(self) -> None:
         # The reservation is fsync'd before the workers may use it; an fsync
