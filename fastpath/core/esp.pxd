@@ -21,7 +21,7 @@ cdef enum:
     MB_BURST = 128          # intel-ipsec-mb's largest burst
     MB_SORT = 256           # jobs grouped by SA at a time
     MB_MIN_BURST = 8        # shorter runs of one SA go through the job manager
-    MB_FEW = 4              # fewer CBC/NULL jobs than this in a call go through OpenSSL
+    MB_FEW = 8              # fewer CBC/NULL jobs than this in a call go one by one (OpenSSL, stitched)
 
 # Key material of one SA: set up once, read-only afterwards, shared by workers.
 cdef struct fp_keys:
@@ -44,6 +44,12 @@ cdef struct fp_keys:
     void *mb_gcm
     uint8_t *mb_ipad
     uint8_t *mb_opad
+    # stitched AES-CBC + HMAC-SHA1 (fp_cbc_sha1.h) for the ipsec-mb backend's
+    # lone packets: AES round keys, 16-byte aligned (NULL when not used)
+    uint8_t *ni_keys
+    int ni_rounds
+    uint32_t sha1_in[5]     # chaining words after the ipad / opad block
+    uint32_t sha1_out[5]
 
 # One SA's OpenSSL cipher context in one worker (SAs are one-directional).
 cdef struct fp_ossl:

@@ -47,7 +47,7 @@ cdef extern from "openssl/crypto.h" nogil:
 # (EVP_MD_CTX_copy costs an allocation-heavy provider call per packet).
 cdef extern from "openssl/sha.h" nogil:
     ctypedef struct SHA_CTX:
-        pass
+        unsigned int h0, h1, h2, h3, h4     # the chaining words (read after a whole block)
     ctypedef struct SHA256_CTX:
         pass
     int SHA1_Init(SHA_CTX *c)
