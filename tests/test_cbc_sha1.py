@@ -1,6 +1,6 @@
 """The stitched AES-CBC + HMAC-SHA1 sealing of lone packets
 (fastpath/core/includes/fp_cbc_sha1.h, the ipsec-mb backend's path for
-fewer than MB_FEW packets) against the reference path, OpenSSL and scapy.
+fewer than MB_FEW_SEAL packets) against the reference path, OpenSSL and scapy.
 
 The routine only overlaps the two chains once the hash trails the cipher by
 FP_STITCH_LAG (256) bytes, so the sizes here reach well past that, and past

@@ -365,7 +365,7 @@ cdef class CryptoWorker:
                 order[r] = j
                 m += 1
             base = i
-            if m < MB_FEW:
+            if m < (MB_FEW_SEAL if encrypt else MB_FEW_OPEN):
                 # A lone packet or two is 2-6x faster through OpenSSL than
                 # flushed through half-empty SIMD lanes (same bytes either
                 # way), and CBC + HMAC-SHA1 faster still stitched.
