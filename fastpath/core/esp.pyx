@@ -118,6 +118,9 @@ cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int 
             if k.ni_keys == NULL:
                 return -1
             k.ni_rounds = fp_ni_aes_keys(enc_key, enc_key_len, k.ni_keys)
+            if k.ni_rounds == 0:                  # not AES-128/256: OpenSSL seals
+                free(k.ni_keys)
+                k.ni_keys = NULL
             k.sha1_in[:] = [k.sha1_ipad.h0, k.sha1_ipad.h1, k.sha1_ipad.h2,
                             k.sha1_ipad.h3, k.sha1_ipad.h4]
             k.sha1_out[:] = [k.sha1_opad.h0, k.sha1_opad.h1, k.sha1_opad.h2,

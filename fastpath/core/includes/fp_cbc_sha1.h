@@ -187,8 +187,9 @@ FP_NI_INLINE void fp_sha1_final(fp_sha1_state *s, const uint8_t *p, size_t r, ui
 
 /* ESP encrypt-then-MAC of one packet. In place: CBC-encrypt ct[0..ct_len)
  * (a multiple of 16) with iv; then HMAC-SHA1 over auth[0..auth_len), a span
- * that contains the ciphertext, from the ipad/opad chaining words (the state
- * after the 64-byte pad block). The 20-byte MAC goes to mac. */
+ * that contains the ciphertext (auth <= ct, ct + ct_len <= auth + auth_len),
+ * from the ipad/opad chaining words (the state after the 64-byte pad block).
+ * The 20-byte MAC goes to mac. round_keys: 16-byte aligned. */
 FP_NI_FUNC void fp_cbc_sha1_seal(const void *round_keys, int rounds, const uint8_t *iv,
                                  uint8_t *ct, size_t ct_len, const uint8_t *auth,
                                  size_t auth_len, const uint32_t ipad[5],
@@ -221,12 +222,14 @@ FP_NI_FUNC void fp_cbc_sha1_seal(const void *round_keys, int rounds, const uint8
 }
 
 #else  /* not x86-64 with GCC/Clang: never available, callers use OpenSSL */
+#include <stdlib.h>
 static inline int fp_ni_available(void) { return 0; }
 static inline int fp_ni_aes_keys(const uint8_t *k, int l, void *o) { (void)k; (void)l; (void)o; return 0; }
 static inline void fp_cbc_sha1_seal(const void *rk, int r, const uint8_t *iv, uint8_t *ct,
                                     size_t n, const uint8_t *a, size_t al, const uint32_t i[5],
                                     const uint32_t o[5], uint8_t m[20]) {
     (void)rk; (void)r; (void)iv; (void)ct; (void)n; (void)a; (void)al; (void)i; (void)o; (void)m;
+    abort();    /* unreachable (fp_ni_available() is 0): never send a packet unsealed */
 }
 #endif
 #endif
