@@ -48,12 +48,12 @@ cdef struct fp_keys:
     void *mb_gcm
     uint8_t *mb_ipad
     uint8_t *mb_opad
-    # stitched AES-CBC + HMAC-SHA1 (fp_cbc_sha1.h) for the ipsec-mb backend's
+    # stitched AES-CBC + HMAC (fp_cbc_hmac.h) for the ipsec-mb backend's
     # lone packets: AES round keys, 16-byte aligned (NULL when not used)
     uint8_t *ni_keys
     int ni_rounds
-    uint32_t sha1_in[5]     # chaining words after the ipad / opad block
-    uint32_t sha1_out[5]
+    uint32_t hmac_in[8]     # chaining words after the ipad / opad block
+    uint32_t hmac_out[8]    # (SHA-1: the first 5)
 
 # One SA's OpenSSL cipher context in one worker (SAs are one-directional).
 cdef struct fp_ossl:

@@ -20,7 +20,7 @@ from libc.string cimport memcpy, memset
 from fastpath.core.includes.openssl cimport *
 from fastpath.core.includes.ipsecmb cimport *
 from fastpath.core.includes.fpbytes cimport fp_icv_eq
-from fastpath.core.includes.cbcsha1 cimport fp_ni_available, fp_ni_aes_keys, fp_cbc_sha1_seal
+from fastpath.core.includes.cbchmac cimport fp_ni_available, fp_ni_aes_keys, fp_cbc_hmac_seal
 from fastpath.core.batch cimport Batch
 
 
@@ -57,8 +57,8 @@ if _GCM128 == NULL or _GCM256 == NULL or _CBC128 == NULL or _CBC256 == NULL:
 cdef uint8_t _ZERO16[16]
 memset(_ZERO16, 0, 16)
 
-# Lone AES-CBC + HMAC-SHA1 packets of the ipsec-mb backend are sealed by the
-# stitched routine of fp_cbc_sha1.h when the CPU has AES-NI and SHA-NI.
+# Lone AES-CBC + HMAC-SHA1/SHA-256 packets of the ipsec-mb backend are sealed
+# by the stitched routine of fp_cbc_hmac.h when the CPU has AES-NI and SHA-NI.
 cdef bint _stitch = fp_ni_available() != 0
 
 
@@ -113,7 +113,7 @@ cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int 
         if k.mb_ipad == NULL or k.mb_opad == NULL:
             return -1
         fp_mb_hmac_pads(mb, hash == HASH_SHA256, auth_key, auth_key_len, k.mb_ipad, k.mb_opad)
-        if kind == KIND_CBC_HMAC and hash == HASH_SHA1 and _stitch:
+        if kind == KIND_CBC_HMAC and _stitch:
             k.ni_keys = <uint8_t *>_aligned(16 * 15)
             if k.ni_keys == NULL:
                 return -1
@@ -121,10 +121,14 @@ cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int 
             if k.ni_rounds == 0:                  # not AES-128/256: OpenSSL seals
                 free(k.ni_keys)
                 k.ni_keys = NULL
-            k.sha1_in[:] = [k.sha1_ipad.h0, k.sha1_ipad.h1, k.sha1_ipad.h2,
-                            k.sha1_ipad.h3, k.sha1_ipad.h4]
-            k.sha1_out[:] = [k.sha1_opad.h0, k.sha1_opad.h1, k.sha1_opad.h2,
-                             k.sha1_opad.h3, k.sha1_opad.h4]
+            if hash == HASH_SHA1:
+                k.hmac_in[:5] = [k.sha1_ipad.h0, k.sha1_ipad.h1, k.sha1_ipad.h2,
+                                 k.sha1_ipad.h3, k.sha1_ipad.h4]
+                k.hmac_out[:5] = [k.sha1_opad.h0, k.sha1_opad.h1, k.sha1_opad.h2,
+                                  k.sha1_opad.h3, k.sha1_opad.h4]
+            else:
+                memcpy(k.hmac_in, k.sha256_ipad.h, 32)
+                memcpy(k.hmac_out, k.sha256_opad.h, 32)
     return 0
 
 
@@ -371,7 +375,7 @@ cdef class CryptoWorker:
             if m < (MB_FEW_SEAL if encrypt else MB_FEW_OPEN):
                 # A lone packet or two is 2-6x faster through OpenSSL than
                 # flushed through half-empty SIMD lanes (same bytes either
-                # way), and CBC + HMAC-SHA1 faster still stitched.
+                # way), and CBC + HMAC faster still stitched.
                 for r in range(m):
                     if encrypt and order[r].keys.ni_keys != NULL:
                         _ni_seal(order[r])
@@ -461,10 +465,10 @@ cdef class CryptoWorker:
 
 cdef inline void _ni_seal(fp_job *j) noexcept nogil:
     cdef fp_keys *k = j.keys
-    cdef uint8_t mac[20]
+    cdef uint8_t mac[32]
     # (with ESN the ICV's place holds seq_hi until the MAC is complete)
-    fp_cbc_sha1_seal(k.ni_keys, k.ni_rounds, j.esp + 8, j.ct, j.ct_len, j.esp, j.auth_len,
-                     k.sha1_in, k.sha1_out, mac)
+    fp_cbc_hmac_seal(k.ni_keys, k.ni_rounds, j.esp + 8, j.ct, j.ct_len, j.esp, j.auth_len,
+                     k.hmac_in, k.hmac_out, mac, k.hash == HASH_SHA256)
     memcpy(j.icv, mac, k.icv_len)
     j.ok = 1
 
@@ -504,7 +508,7 @@ def ipsecmb_available():
 
 
 def stitched_available():
-    """True when lone AES-CBC + HMAC-SHA1 packets of the ipsec-mb backend
+    """True when lone AES-CBC + HMAC packets of the ipsec-mb backend
     are sealed by the stitched routine (the CPU has AES-NI and SHA-NI)."""
     return bool(_stitch)
 
@@ -573,7 +577,7 @@ cdef class EspSA:
 
     @property
     def stitched(self):
-        """True when a lone packet of this SA is sealed by fp_cbc_sha1.h."""
+        """True when a lone packet of this SA is sealed by fp_cbc_hmac.h."""
         return self.k.ni_keys != NULL
 
     def seal(self, uint64_t seq, bytes payload, int next_header, iv=None):

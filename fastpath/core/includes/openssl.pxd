@@ -49,7 +49,7 @@ cdef extern from "openssl/sha.h" nogil:
     ctypedef struct SHA_CTX:
         unsigned int h0, h1, h2, h3, h4     # the chaining words (read after a whole block)
     ctypedef struct SHA256_CTX:
-        pass
+        unsigned int h[8]                   # the chaining words (read after a whole block)
     int SHA1_Init(SHA_CTX *c)
     int SHA1_Update(SHA_CTX *c, const void *data, size_t len)
     int SHA1_Final(uint8_t *md, SHA_CTX *c)

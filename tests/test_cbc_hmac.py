@@ -1,5 +1,5 @@
-"""The stitched AES-CBC + HMAC-SHA1 sealing of lone packets
-(fastpath/core/includes/fp_cbc_sha1.h, the ipsec-mb backend's path for
+"""The stitched AES-CBC + HMAC-SHA1 / HMAC-SHA-256 sealing of lone packets
+(fastpath/core/includes/fp_cbc_hmac.h, the ipsec-mb backend's path for
 fewer than MB_FEW_SEAL packets) against the reference path, OpenSSL and scapy.
 
 The routine only overlaps the two chains once the hash trails the cipher by
@@ -26,7 +26,8 @@ needs_stitched = pytest.mark.skipif(
     "ipsecmb" not in BACKENDS or not esp.stitched_available(),
     reason="the stitched routine serves the ipsec-mb backend on CPUs with AES-NI and SHA-NI")
 
-SHA1_ALGS = ["aes128-sha1", "aes256-sha1"]
+CBC_ALGS = ["aes128-sha1", "aes256-sha1", "aes128-sha256", "aes256-sha256"]
+SCAPY_AUTH = {"sha1": "HMAC-SHA1-96", "sha256": "SHA2-256-128"}
 
 
 def sas(alg, esn, rnd):
@@ -42,10 +43,10 @@ def sas(alg, esn, rnd):
 @needs_stitched
 def test_used_only_where_it_applies():
     rnd = random.Random(1)
-    for alg in SHA1_ALGS:
+    for alg in CBC_ALGS:
         stitched, plain, _, _ = sas(alg, False, rnd)
         assert stitched.stitched and not plain.stitched
-    for alg in ("aes128-sha256", "aes128gcm16", "null-sha256"):
+    for alg in ("aes128gcm16", "aes256gcm16", "null-sha256"):
         a = algs.get(alg)
         sa = EspSA(a, 1, bytes(a.enc_key_len), bytes(a.auth_key_len), bytes(a.salt_len),
                    backend="ipsecmb")
@@ -59,7 +60,7 @@ def test_used_only_where_it_applies():
 
 @needs_stitched
 @pytest.mark.parametrize("esn", [False, True])
-@pytest.mark.parametrize("alg", SHA1_ALGS)
+@pytest.mark.parametrize("alg", CBC_ALGS)
 def test_seal_matches_reference_and_openssl(alg, esn):
     rnd = random.Random(f"{alg}{esn}")
     stitched, plain, ref, _ = sas(alg, esn, rnd)
@@ -79,7 +80,7 @@ def test_seal_matches_reference_and_openssl(alg, esn):
 
 @needs_stitched
 @settings(max_examples=150, deadline=None)
-@given(alg=st.sampled_from(SHA1_ALGS), esn=st.booleans(), size=st.integers(0, 3000),
+@given(alg=st.sampled_from(CBC_ALGS), esn=st.booleans(), size=st.integers(0, 3000),
        seed=st.integers(0, 2**32))
 def test_seal_random(alg, esn, size, seed):
     rnd = random.Random(seed)
@@ -92,18 +93,19 @@ def test_seal_random(alg, esn, size, seed):
 
 @needs_stitched
 @pytest.mark.parametrize("esn", [False, True])
-@pytest.mark.parametrize("alg", SHA1_ALGS)
+@pytest.mark.parametrize("alg", CBC_ALGS)
 def test_engine_lone_packets_decrypt_with_scapy(alg, esn):
-    """The forwarder's case: one packet per batch through the engine, 1280 to
-    1415 bytes (16 sizes 9 apart: every pad length; the largest that fit the
-    1500-byte tunnel MTU), opened by scapy's ESP."""
+    """The forwarder's case: one packet per batch through the engine, 1270 to
+    1405 bytes (16 sizes 9 apart: every pad length; the largest that fit the
+    1500-byte tunnel MTU with a 16-byte ICV), opened by scapy's ESP."""
     topo = make_topo(alg, esn, "ipsecmb")
     enc, auth, _ = topo.keys[SPI[(MN1, "payload", "out")]]
     kw = {"esn_en": True, "esn": 0} if esn else {}
     sa = SecurityAssociation(ESP, spi=SPI[(MN1, "payload", "out")], crypt_algo="AES-CBC",
-                             crypt_key=enc, auth_algo="HMAC-SHA1-96", auth_key=auth,
+                             crypt_key=enc, auth_algo=SCAPY_AUTH[alg.split("-")[1]],
+                             auth_key=auth,
                              tunnel_header=IPv6(src=ntop(HA), dst=ntop(COA1)), **kw)
-    for k, size in enumerate(range(1280, 1416, 9)):
+    for k, size in enumerate(range(1270, 1406, 9)):
         pkt = inner(CN, MN1, size, fill=bytes([k]))
         got, want = topo.run("encap", [pkt], ivs=[bytes([k]) * 16])
         assert got == want
@@ -115,8 +117,8 @@ def test_engine_lone_packets_decrypt_with_scapy(alg, esn):
 
 
 def test_c_harness_every_layout():
-    """The routine itself against OpenSSL in C (tests/c/cbc_sha1_harness.c):
-    every hashed length mod 64 (ESP reaches only 8 of them), AES-128/256, up
+    """The routine itself against OpenSSL in C (tests/c/cbc_hmac_harness.c):
+    both hashes, every hashed length mod 64 (ESP reaches only 8), AES-128/256, up
     to 64 KiB, built with AddressSanitizer and UBSan: spans end at the end of
     their allocation, so an over-read fails the run."""
     import os
@@ -132,7 +134,7 @@ def test_c_harness_every_layout():
         exe = os.path.join(d, "harness")
         subprocess.run([gcc, "-O1", "-g", "-fsanitize=address,undefined",
                         "-fno-sanitize-recover=all", "-I", inc, "-o", exe,
-                        os.path.join(here, "c", "cbc_sha1_harness.c"), "-lcrypto"],
+                        os.path.join(here, "c", "cbc_hmac_harness.c"), "-lcrypto"],
                        check=True, capture_output=True, text=True)
         r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
     if r.returncode == 2:
