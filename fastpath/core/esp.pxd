@@ -52,6 +52,7 @@ cdef struct fp_keys:
     # lone packets: AES round keys, 16-byte aligned (NULL when not used)
     uint8_t *ni_keys
     int ni_rounds
+    uint32_t ni_min_ct      # shorter ciphertexts go to OpenSSL (where it is faster)
     uint32_t hmac_in[8]     # chaining words after the ipad / opad block
     uint32_t hmac_out[8]    # (SHA-1: the first 5)
 

@@ -202,7 +202,8 @@ FP_NI_INLINE void fp_sha256_block(fp_hash_state *s, const uint8_t *p) {
     FP_SHA256_QUAD(w1, 1);
     FP_SHA256_QUAD(w2, 2);
     FP_SHA256_QUAD(w3, 3);
-    for (q = 4; q < 16; q += 4) {           /* unrolled by the compiler */
+    _Pragma("GCC unroll 4")
+    for (q = 4; q < 16; q += 4) {
         FP_SHA256_W(w0, w1, w2, w3); FP_SHA256_QUAD(w0, q);
         FP_SHA256_W(w1, w2, w3, w0); FP_SHA256_QUAD(w1, q + 1);
         FP_SHA256_W(w2, w3, w0, w1); FP_SHA256_QUAD(w2, q + 2);
