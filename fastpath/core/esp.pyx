@@ -136,13 +136,24 @@ cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int 
     return 0
 
 
+cdef extern from "<string.h>" nogil:
+    void explicit_bzero(void *s, size_t n)     # a memset the compiler may not drop
+
+
+cdef inline void _free_wiped(void *p, size_t n) noexcept nogil:
+    # key schedules do not outlive their SA in freed memory
+    if p != NULL:
+        explicit_bzero(p, n)
+        free(p)
+
+
 cdef void keys_free(fp_keys *k) noexcept nogil:
-    free(k.mb_enc)
-    free(k.mb_dec)
-    free(k.mb_gcm)
-    free(k.mb_ipad)
-    free(k.mb_opad)
-    free(k.ni_keys)
+    _free_wiped(k.mb_enc, 16 * 15)
+    _free_wiped(k.mb_dec, 16 * 15)
+    _free_wiped(k.mb_gcm, fp_mb_gcm_key_size())
+    _free_wiped(k.mb_ipad, 64)
+    _free_wiped(k.mb_opad, 64)
+    _free_wiped(k.ni_keys, 16 * 15)
     memset(k, 0, sizeof(fp_keys))
 
 
