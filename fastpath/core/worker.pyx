@@ -51,6 +51,7 @@ cdef enum:
     PUNT_BURST = 1000
     SIDE_HOME = 0
     SIDE_WIRE = 1
+    READ_ALL = 1 << 30     # a read round's cap: until EAGAIN or a full batch
 
 cdef struct fp_punt:
     int32_t kind
@@ -308,7 +309,7 @@ cdef class Worker:
             self.lr_rounds[side] += 1
             if self.lr_rounds[side] & 7:
                 return 1
-        return 1 << 30
+        return READ_ALL
 
     cdef inline void _read_done(self, int side, int cap, int reads, bint empty) noexcept nogil:
         """After a read round: a capped round leaves the side to poll(); a
@@ -421,7 +422,7 @@ cdef class Worker:
             else:
                 self.offload_errors += 1
         # (segments still pending keep the side busy: never left to poll())
-        self._read_done(SIDE_HOME, cap if not self.tso_pending else 1 << 30, reads, empty)
+        self._read_done(SIDE_HOME, cap if not self.tso_pending else READ_ALL, reads, empty)
         b.count = i
         self.rx[SIDE_HOME] += i
         if i:

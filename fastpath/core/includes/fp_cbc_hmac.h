@@ -100,12 +100,16 @@ FP_NI_INLINE __m128i fp_ni_aes_block(__m128i x, const __m128i *rk, int rounds) {
 }
 
 /* -- SHA-1 (FIPS 180-4) with the SHA extensions ----------------------------- */
-/* a holds A..D word-reversed (A in the top lane), b holds E in the top lane. */
-typedef struct { __m128i a, b; } fp_hash_state;   /* SHA-1: a = ABCD, b = E; SHA-256: ABEF, CDGH */
+/* The chaining state in the lane order the SHA instructions take. SHA-1: a =
+ * A..D word-reversed (A in the top lane), b = E in the top lane. SHA-256:
+ * a = A,B,E,F and b = C,D,G,H (A and C in the top lanes). */
+typedef struct { __m128i a, b; } fp_hash_state;
 
 #define FP_SHA1_BSWAP _mm_set_epi64x(0x0001020304050607ULL, 0x08090a0b0c0d0e0fULL)
 
-/* One 64-byte block. Four rounds per SHA1RNDS4 ("quad"); the next quad's E
+/* One 64-byte block, written out: SHA1RNDS4 takes its round function as an
+ * immediate, so the 20 quads cannot be a loop. Four rounds per SHA1RNDS4
+ * ("quad"); the next quad's E
  * comes from the ABCD before this quad (SHA1NEXTE); message quads follow
  * W[q+4] = msg2(msg1(W[q], W[q+1]) ^ W[q+2], W[q+3]). */
 #define FP_SHA1_QUAD(e_in, f)                                   \
@@ -165,7 +169,6 @@ FP_NI_INLINE void fp_sha1_digest(const fp_hash_state *s, uint8_t out[20]) {
 }
 
 /* -- SHA-256 (FIPS 180-4) with the SHA extensions --------------------------- */
-/* abef holds A,B,E,F and cdgh C,D,G,H in the order SHA256RNDS2 takes them. */
 static const uint32_t fp_sha256_k[64] __attribute__((aligned(16))) = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
     0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
