@@ -9,7 +9,9 @@ happened before (kill -9 included): at most one block per restart is skipped.
 
 The file holds one JSON object: {"<spi hex>:<key fingerprint>": limit}. The
 fingerprint ties a reservation to the key it was made under, so a rekeyed SA
-starts again from 1.
+starts again from 1. Entries for SAs this configuration does not have are kept
+as they are: a later configuration that brings such an SA back (same SPI, same
+key) must still start after its old limit.
 """
 from __future__ import annotations
 
@@ -64,6 +66,9 @@ class SequenceStore:
         self.next_check_s = CHECK_MIN_S      # when plan() wants to run again
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = self._load()
+        mine = {f"{sa.spi:08x}:{fingerprint(sa)}" for sa in sas}
+        # Not ours to forget: dropping them would let a later run reuse numbers.
+        self._others = {k: v for k, v in saved.items() if k not in mine}
         for sa in sas:
             key = f"{sa.spi:08x}:{fingerprint(sa)}"
             max_seq = (1 << 64) - 1 if sa.esn else (1 << 32) - 1
@@ -96,8 +101,9 @@ class SequenceStore:
         {spi: new limit}, applied) survive a crash."""
         moved = moved or {}
         tmp = self.path.with_suffix(".tmp")
-        body = json.dumps({r.key: moved.get(r.spi, r.limit) for r in self._res.values()},
-                          sort_keys=True)
+        entries = dict(self._others)
+        entries.update((r.key, moved.get(r.spi, r.limit)) for r in self._res.values())
+        body = json.dumps(entries, sort_keys=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, body.encode())

@@ -141,3 +141,21 @@ def test_next_check_follows_the_busiest_sa(tmp_path):
     assert store.next_check_s == CHECK_MIN_S
     sad.resume_sequence(spi, 600_000)             # past the threshold: the limit moves
     assert spi in store.plan(now=51.6)
+
+
+def test_a_smaller_configuration_keeps_the_other_reservations(tmp_path):
+    """A run with fewer SAs (a test config, a node removed for a while) must
+    not erase the reservations of the SAs it lacks: when the full config comes
+    back, those SAs still start after their old limits (same key: a reused
+    number would be a reused GCM nonce)."""
+    cfg, sad, store, eng = start(tmp_path)
+    hoa = cfg.mobile_nodes[0].home_address.packed
+    assert seqs(send(eng, hoa, 3)) == [1, 2, 3]
+    full = json.loads((tmp_path / FILE).read_text())
+    assert len(full) >= 2
+    outs = [sa for mn in cfg.mobile_nodes for sa in mn.sas if sa.direction == "out"]
+    SequenceStore(tmp_path, sad_from_config(cfg, "openssl"), outs[1:])   # the smaller run
+    after = json.loads((tmp_path / FILE).read_text())
+    assert set(after) == set(full)
+    cfg, sad, store, eng = start(tmp_path)                               # the full one again
+    assert seqs(send(eng, hoa, 1))[0] > MIN_BLOCK
