@@ -182,7 +182,7 @@ DEFAULT_CONTROL_SOCKET = "/run/fastpath.sock"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fastpath.control import run_forever
+    from fastpath.control import Listeners, run_forever
     from fastpath.forwarder import DEFAULT_BATCH, Forwarder, Options, parse_cpus
     cfg = load(args.config)
     try:
@@ -194,18 +194,25 @@ def cmd_run(args: argparse.Namespace) -> int:
                        queue_len=args.queue_len or QUEUE_LEN, realtime=args.realtime,
                        punt_rate=args.punt_rate)
         fwd = Forwarder(cfg, opts)
-        fwd.start()
-    except (ValueError, OSError, RuntimeError, PermissionError) as e:
+        # bound first: a port in use is an error before anything is set up
+        listeners = Listeners(args.control_socket or DEFAULT_CONTROL_SOCKET, args.metrics)
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"{PROG} run: {e}", file=sys.stderr)
+        return 2
+    try:
+        fwd.start()
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"{PROG} run: {e}", file=sys.stderr)
+        listeners.close()
         try:
             fwd.stop()
         except Exception:               # nothing was started, or half of it
             pass
         return 2
     try:
-        run_forever(fwd, control_socket=args.control_socket or DEFAULT_CONTROL_SOCKET,
-                    metrics_addr=args.metrics)
+        run_forever(fwd, listeners=listeners)
     finally:
+        listeners.close()
         fwd.stop()
     return 0
 

@@ -6,7 +6,7 @@ fires. It handles Binding Updates (fastpath.binding), reassembles the outer
 IPv6 fragments the workers punt and decapsulates the result itself
 (fastpath.reassembly; the slow path), moves sequence-number reservations
 forward, expires bindings, answers the read-only control socket (`fastpath
-ctl`), serves Prometheus metrics, and stops on SIGINT/SIGTERM.
+ctl`), serves Prometheus metrics, and stops on SIGINT/SIGTERM/SIGHUP/SIGQUIT.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
 import time
 from collections import Counter
@@ -76,11 +77,124 @@ def _log_decision(d) -> None:
                  f" ({d.reason})" if d.reason else "")
 
 
-class ControlPlane:
-    def __init__(self, fwd, *, control_socket: str | None = None, metrics_addr: str | None = None):
-        self.fwd = fwd
-        self.control_socket = control_socket
+class Listeners:
+    """The control socket and the metrics port, bound before the forwarder
+    starts: a bad address, a port in use or a socket another run is serving
+    is then a clear error at start-up, with nothing to undo. The control
+    socket is bound under a temporary name and appears at its path only when
+    publish()ed, once the forwarder is up: its existence means "ready"."""
+
+    def __init__(self, control_socket: str | None = None, metrics_addr: str | None = None):
+        self.ctl = self.metrics = None
+        self.ctl_path = control_socket
+        self._ctl_bound = None            # where the socket file is now
         self.metrics_addr = metrics_addr
+        try:
+            if control_socket:
+                self._ctl_bound = f"{control_socket}.{os.getpid()}.new"
+                self.ctl = _bind_ctl(control_socket, self._ctl_bound)
+            if metrics_addr:
+                self.metrics = _bind_metrics(metrics_addr)
+        except BaseException:
+            self.close()
+            raise
+
+    def publish(self) -> None:
+        if self.ctl is not None and self._ctl_bound != self.ctl_path:
+            os.replace(self._ctl_bound, self.ctl_path)
+            self._ctl_bound = self.ctl_path
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+            try:
+                os.unlink(self._ctl_bound)
+            except FileNotFoundError:
+                pass
+
+
+def _bind_ctl(path: str, bind_at: str) -> socket.socket:
+    """A listening Unix socket for `path`, bound at `bind_at`, mode 0600 (the
+    views show SPIs and addresses). A socket file at `path` left by a killed
+    run will be replaced; one that a live process answers on is an error."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OSError(f"--control-socket {path}: {e.strerror}") from None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(f"--control-socket {path}: exists and is not a socket; "
+                          "refusing to replace it")
+        # a socket nobody answers on is left by a killed run: publish() replaces it
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            pass
+        except OSError:
+            pass                        # let bind() say what is wrong
+        else:
+            raise OSError(f"--control-socket {path}: another fastpath run is serving it; "
+                          "stop it first or give this one another --control-socket")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        try:
+            os.unlink(bind_at)          # only ever ours: the name carries our pid
+        except FileNotFoundError:
+            pass
+        sock.bind(bind_at)
+        sock.listen(16)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"--control-socket {path}: {e.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(bind_at, 0o600)
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_metrics(addr: str) -> socket.socket:
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST)
+    except (socket.gaierror, ValueError):
+        raise OSError(f"--metrics {addr}: {host!r} is not a numeric IPv4 or IPv6 "
+                      "address") from None
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(64)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"--metrics {addr}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class ControlPlane:
+    def __init__(self, fwd, *, control_socket: str | None = None, metrics_addr: str | None = None,
+                 listeners: Listeners | None = None):
+        """`listeners` already bound (fastpath run binds them before starting
+        the forwarder); without, they are bound from `control_socket` and
+        `metrics_addr` here."""
+        self.fwd = fwd
+        self.listeners = listeners or Listeners(control_socket, metrics_addr)
+        self.control_socket = self.listeners.ctl_path
+        self.metrics_addr = self.listeners.metrics_addr
         self.events = Counter()
         self.started = time.time()
         self.stop_event: asyncio.Event | None = None
@@ -115,17 +229,21 @@ class ControlPlane:
         self.stop_event = asyncio.Event()
         self.scheduling = self._scheduling()
         freeze_startup_heap()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # HUP (the terminal went away) and QUIT stop as cleanly as TERM: their
+        # default action would leave routes, proxy entries and sysctls behind.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._signal, sig)
         for w in self.fwd.workers:
             loop.add_reader(w.punts.fd, self._drain, w)
         servers = []
-        if self.control_socket:
-            servers.append(await self._start_ctl(self.control_socket))
-        if self.metrics_addr:
-            host, _, port = self.metrics_addr.rpartition(":")
-            servers.append(await asyncio.start_server(self._serve_metrics, host.strip("[]"),
-                                                      int(port)))
+        if self.listeners.ctl is not None:
+            servers.append(await asyncio.start_unix_server(self._serve_ctl,
+                                                           sock=self.listeners.ctl))
+            self.listeners.publish()
+            log.info("control socket %s", self.listeners.ctl_path)
+        if self.listeners.metrics is not None:
+            servers.append(await asyncio.start_server(self._serve_metrics,
+                                                      sock=self.listeners.metrics))
             log.info("metrics on http://%s/metrics", self.metrics_addr)
         # reservations are checked every 20-100 ms, as they ask (seqstore.plan):
         # an idle forwarder wakes ~10 times a second, not 100
@@ -148,11 +266,7 @@ class ControlPlane:
                 loop.remove_reader(w.punts.fd)
             for s in servers:
                 s.close()
-            if self.control_socket:
-                try:
-                    os.unlink(self.control_socket)
-                except FileNotFoundError:
-                    pass
+            self.listeners.close()
 
     def _scheduling(self) -> dict | None:
         """A home agent's control thread (this one) and workers run at low
@@ -438,21 +552,6 @@ class ControlPlane:
         raise KeyError(what)
 
     # -- control socket: read-only, mode 0600 ----------------------------------------
-    async def _start_ctl(self, path: str):
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)          # left by a killed run
-        except FileNotFoundError:
-            pass
-        old = os.umask(0o177)
-        try:
-            server = await asyncio.start_unix_server(self._serve_ctl, path)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        log.info("control socket %s", path)
-        return server
-
     async def _serve_ctl(self, reader, writer) -> None:
         try:
             line = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
@@ -528,9 +627,10 @@ def ctl_request(path: str, what: str, timeout: float = 5.0):
     return reply["ok"]
 
 
-def run_forever(fwd, *, control_socket=None, metrics_addr=None) -> None:
+def run_forever(fwd, *, control_socket=None, metrics_addr=None, listeners=None) -> None:
     """Run the control loop (uvloop when available) until a signal."""
-    cp = ControlPlane(fwd, control_socket=control_socket, metrics_addr=metrics_addr)
+    cp = ControlPlane(fwd, control_socket=control_socket, metrics_addr=metrics_addr,
+                      listeners=listeners)
     try:
         import uvloop
         runner = uvloop.run

@@ -91,6 +91,7 @@ class Forwarder:
         self.wire_fd = -1
         self.home_fd = -1                # the control thread's writes to the home TUN
         self.home_vnet = False           # ... which then start with a virtio_net_hdr
+        self.lock_fd = -1                # flock on the state directory: one run per directory
 
     # -- start / stop -----------------------------------------------------------
     def start(self) -> None:
@@ -104,6 +105,7 @@ class Forwarder:
         state = Path(cfg.home_agent.state_dir)
         if opts.role == "mobile-node":
             state = state / f"mn-{self._my_nodes()[0].home_address}"
+        self.lock_fd = lock_state_dir(state)
         self.seqstore = _seqstore_for(state, self.sad, outs, opts.role)
         mq = opts.workers > 1
         home = tun_queues(self.home_if, opts.workers, multi_queue=mq, vnet_hdr=opts.offload)
@@ -177,6 +179,9 @@ class Forwarder:
             except OSError:
                 pass
         self.fds = []
+        if self.lock_fd >= 0:            # last: another run may now take the directory
+            os.close(self.lock_fd)
+            self.lock_fd = -1
         log.info("stopped; links, routes and proxy entries removed")
 
     # -- views ---------------------------------------------------------------------
@@ -191,6 +196,34 @@ def _enable_tso(fds: list[int]) -> None:
     from fastpath.tun import TUN_F_CSUM, TUN_F_TSO6, set_offload
     for fd in fds:
         set_offload(fd, TUN_F_CSUM | TUN_F_TSO6)
+
+
+LOCK_FILE = "fastpath.lock"
+
+
+def lock_state_dir(state: Path) -> int:
+    """Take the state directory for this run (flock, released when the
+    process ends, however it ends). A second run on the same directory would
+    share sequence reservations with the first (reused numbers) and remove
+    its routes as leftovers, so it is refused before it touches anything."""
+    import fcntl
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise OSError(f"state_dir {state}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise RuntimeError(f"state_dir {state}: another fastpath run (pid {holder}) is using "
+                           "it; stop that one first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _seqstore_for(state: Path, sad, outs, role: str) -> SequenceStore:

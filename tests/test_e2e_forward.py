@@ -260,3 +260,46 @@ def test_control_socket_and_metrics(net, tmp_path):
     finally:
         ha.send_signal(signal.SIGTERM)
         ha.wait(10)
+
+
+def test_a_second_run_is_refused_and_sighup_cleans_up(net, tmp_path):
+    """A second `fastpath run` on the same state directory, control socket or
+    metrics port exits 2 with the reason before touching anything: the first
+    keeps its routes, its control socket and its sequence reservations. A
+    SIGHUP (the terminal went away) stops the first as cleanly as SIGTERM."""
+    cfg = config(tmp_path, "aes128gcm16")
+    sock = str(tmp_path / "ha.sock")
+    ha = start(net.ha, cfg, sock, "--metrics", "127.0.0.1:9110")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+
+    def second(*extra):
+        r = net.ha.run([sys.executable, "-m", "fastpath", "run", "-c", cfg, *extra], env=env,
+                       check=False, timeout=30)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        return r.stderr
+
+    try:
+        def ours():
+            return [r for r in net.ha.ip("-6", "route", "show", "table", "all").stdout
+                    .splitlines() if "proto 250" in r]
+        routes = ours()
+        assert routes
+        assert "another fastpath run is serving it" in second("--control-socket", sock)
+        assert "--metrics 127.0.0.1:9110" in second("--control-socket", str(tmp_path / "b.sock"),
+                                                    "--metrics", "127.0.0.1:9110")
+        err = second("--control-socket", str(tmp_path / "c.sock"))
+        assert f"pid {ha.pid}" in err and "state_dir" in err
+        assert second("--control-socket", str(tmp_path / "d.sock"), "--metrics", "banana:1")
+        # the first run did not notice
+        assert ours() == routes
+        assert ctl(net.ha, sock, "status")["role"] == "home-agent"
+        assert not any(os.path.exists(tmp_path / f"{x}.sock") for x in "bcd")
+        ha.send_signal(signal.SIGHUP)
+        ha.wait(10)
+    finally:
+        stop([ha])
+    assert ha.returncode == 0, open(sock + ".log").read()
+    assert "SIGHUP: stopping" in open(sock + ".log").read()
+    assert not {"fp-home", "fp-wire"} & set(net.ha.links())
+    assert "proto 250" not in net.ha.ip("-6", "route", "show", "table", "all").stdout
+    assert not os.path.exists(sock)
