@@ -406,7 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
             RFC 5722: overlaps discard the datagram; the report counts them).
 
             IN and OUT are classic pcap files of raw IPv6 packets
-            (LINKTYPE_RAW), such as a capture on the fp-wire / fp-home TUNs."""))
+            (LINKTYPE_RAW), such as a capture on the fp-wire / fp-home TUNs.
+            OUT appears only when the replay finished (it is written under a
+            temporary name first) and may not be IN.
+
+            Exit status: 0 done; 1 IN ends in a damaged record (the packets
+            before it were processed and written; the report says where);
+            2 nothing done (bad config, IN not a capture, OUT not writable)."""))
     _add_common(sp)
     sp.add_argument("--in", dest="input", required=True, metavar="IN",
                     help="capture to read (pcap, raw IPv6 packets)")

@@ -131,8 +131,8 @@ class PcapReader:
             raise PcapError(
                 f"{self.name}: link type {lt} ({what}) is not supported: fastpath "
                 f"needs raw IPv6 packets (LINKTYPE_RAW 101 or LINKTYPE_IPV6 229), "
-                f"as captured on its TUN interfaces; 'editcap -T rawip' converts some "
-                f"captures")
+                f"as captured on its TUN interfaces; 'editcap -F pcap -C 14 -T rawip IN OUT' "
+                f"converts an Ethernet capture")
         self.linktype = lt
         self._offset = GLOBAL_HEADER_LEN
 
@@ -241,8 +241,11 @@ class PcapWriter:
         sec, frac = divmod(round(ts * self._scale), self._scale)
         if sec > 0xFFFFFFFF:
             raise PcapError(f"{self.name}: timestamp {ts} does not fit 32-bit seconds")
-        self._f.write(struct.pack("<IIII", sec, frac, n, n))
-        self._f.write(data)
+        try:
+            self._f.write(struct.pack("<IIII", sec, frac, n, n))
+            self._f.write(data)
+        except OSError as e:                # a full disk, /dev/full, a closed pipe
+            raise PcapError(f"{self.name}: cannot write: {e.strerror or e}") from None
         self.count += 1
 
     def flush(self) -> None:
@@ -257,6 +260,8 @@ class PcapWriter:
                 self._f.close()
             else:
                 self._f.flush()
+        except OSError as e:                # buffered data that did not fit
+            raise PcapError(f"{self.name}: cannot write: {e.strerror or e}") from None
         finally:
             self._f = None  # type: ignore[assignment]
 

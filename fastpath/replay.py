@@ -36,6 +36,8 @@ class ReplayResult:
     binding_acks: int = 0
     binding_statuses: Counter = field(default_factory=Counter)
     reassembly: dict = field(default_factory=dict)   # Reassembler.counters()
+    cut_by_snaplen: int = 0                # records shorter than the packet on the wire
+    input_error: str | None = None         # damaged input: what was read before it is kept
 
 
 def _side(pkt: bytes, ha: bytes, homes: set[bytes]) -> str | None:
@@ -66,7 +68,8 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
     pending: list[float] = []
     side_of_batch: list[str | None] = [None]
 
-    with pcap.PcapWriter(out_path) as out:
+    reader = pcap.read_packets(in_path)     # its header is checked before OUT is touched
+    with reader, _Output(in_path, out_path) as out:
         def flush(batch=batch):
             if not pending:
                 return
@@ -104,7 +107,7 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
             pending.clear()
             batch.count = 0
 
-        for ts, pkt in pcap.read_packets(in_path):
+        for ts, pkt in _until_damaged(reader, res):
             res.packets_in += 1
             side = _side(pkt, ha, homes)
             if side is None:
@@ -144,7 +147,76 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                 flush()
         flush()
     res.reassembly = {k: v for k, v in reasm.counters().items() if v}
+    res.cut_by_snaplen = reader.truncated
     return res, sad
+
+
+def _until_damaged(reader, res: ReplayResult):
+    """The reader's packets; a damaged record (a capture cut off mid-write,
+    say) ends the input there, noted in `res`, instead of losing the output
+    of everything before it."""
+    try:
+        yield from reader
+    except pcap.PcapError as e:
+        res.input_error = str(e)
+        log.warning("input ends early: %s", e)
+
+
+class _Output:
+    """The output capture. A regular file is written under a temporary name
+    and renamed into place only when the replay finished, so a failed run
+    leaves no half-written OUT (and an existing OUT untouched); a device or a
+    pipe (/dev/null, /dev/stdout) is written directly. OUT naming the input
+    is refused: it would be truncated before it is read."""
+
+    def __init__(self, in_path, out_path):
+        import os
+        import stat
+        self.path = os.fspath(out_path)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise pcap.PcapError(f"{self.path}: {e.strerror}") from None
+        if st is not None and os.path.samestat(st, os.stat(in_path)):
+            raise pcap.PcapError(f"{self.path}: this is the input capture; "
+                                 "give --out another file")
+        direct = st is not None and not stat.S_ISREG(st.st_mode)
+        self.tmp = None if direct else f"{self.path}.{os.getpid()}.tmp"
+        self.writer = pcap.PcapWriter(self.path if direct else self.tmp)
+
+    def __enter__(self):
+        return self.writer
+
+    def __exit__(self, exc_type, *_):
+        import os
+        try:
+            self.writer.close()
+        except BaseException:
+            if self.tmp:
+                _unlink(self.tmp)
+            if exc_type is None:
+                raise
+            return
+        if self.tmp is None:
+            return
+        if exc_type is not None:
+            _unlink(self.tmp)
+            return
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            _unlink(self.tmp)
+            raise pcap.PcapError(f"{self.path}: cannot write: {e.strerror}") from None
+
+
+def _unlink(path) -> None:
+    import os
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def format_report(res: ReplayResult, sad) -> str:
@@ -159,6 +231,12 @@ def format_report(res: ReplayResult, sad) -> str:
         lines.append("binding updates: " + ", ".join(
             f"status {k}={v}" for k, v in sorted(res.binding_statuses.items()))
             + f"; binding acks written: {res.binding_acks}")
+    if res.cut_by_snaplen:
+        lines.append(f"records cut by the capture's snapshot length: {res.cut_by_snaplen} "
+                     "(processed as captured: ESP ones fail their ICV)")
+    if res.input_error:
+        lines.append(f"input ends early: {res.input_error}; the packets before it "
+                     "were processed and written")
     lines.append("")
     lines.append(f"{'SPI':>10} {'dir':3} {'purpose':18} {'home address':24} {'packets':>8} {'bytes':>10}  drops")
     for sa in sad.sas():
@@ -175,4 +253,4 @@ def main(args) -> int:
     res, sad = replay(cfg, args.input, args.output, getattr(args, "crypto", "auto"),
                       getattr(args, "batch", 64))
     print(format_report(res, sad))
-    return 0
+    return 1 if res.input_error else 0

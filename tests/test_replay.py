@@ -105,3 +105,66 @@ def test_replay_reassembles_fragmented_tunnel_packets(tmp_path, capsys, backend)
     got = [bytes(p) for p in rdpcap(str(out))]
     assert got == [bytes(p) for p in inners]
     assert "fragments:" in report and "reassembled=2" in report and "overlap=1" in report
+
+
+def _replay(inp, out, capsys):
+    rc = cli.main(["replay", "-c", str(REPO_EXAMPLES / "ha.toml"), "--in", str(inp),
+                   "--out", str(out), "--crypto", "openssl"])
+    o, e = capsys.readouterr()
+    assert "Traceback" not in e
+    return rc, o, e
+
+
+def test_replay_never_destroys_its_input_or_a_good_output(capture, tmp_path, capsys):
+    """--out naming the input is refused before anything is written; an input
+    that is not a capture leaves an existing --out as it was; a failed write
+    (/dev/full) is a clean error, and no temporary file is left behind."""
+    inp = tmp_path / "in.pcap"
+    inp.write_bytes(capture.read_bytes())
+    rc, _, err = _replay(inp, inp, capsys)
+    assert rc == 2 and "this is the input capture" in err
+    assert inp.read_bytes() == capture.read_bytes()
+    out = tmp_path / "out.pcap"
+    out.write_bytes(b"precious")
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all, sorry")
+    rc, _, err = _replay(bad, out, capsys)
+    assert rc == 2 and "not a pcap file" in err and out.read_bytes() == b"precious"
+    rc, _, err = _replay(inp, "/dev/full", capsys)
+    assert rc == 2 and "/dev/full: cannot write" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pcap", "in.pcap", "out.pcap"]
+
+
+def test_replay_of_a_capture_cut_mid_record_keeps_what_came_before(capture, tmp_path, capsys):
+    """A capture whose writer was killed ends in half a record: the packets
+    before it are processed and written, the report says where the input
+    ended, and the exit status is 1 (not 0: the input was damaged)."""
+    whole = tmp_path / "whole.pcap"
+    rc, full_report, _ = _replay(capture, whole, capsys)
+    assert rc == 0
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(capture.read_bytes()[:-7])
+    out = tmp_path / "out.pcap"
+    rc, report, _ = _replay(cut, out, capsys)
+    assert rc == 1 and "input ends early" in report and "truncated packet data" in report
+    n_in = int(full_report.split()[2])
+    assert f"packets read: {n_in - 1}" in report
+    assert 0 < len(rdpcap(str(out))) <= len(rdpcap(str(whole)))
+
+
+def test_replay_reports_records_cut_by_the_snapshot_length(capture, tmp_path, capsys):
+    """Records captured with a small snaplen are shorter than the packet was:
+    processed as they are (their ICV fails) and counted in the report."""
+    from fastpath.pcap import read_packets
+    cut = tmp_path / "snap.pcap"
+    with open(cut, "wb") as f:
+        import struct
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 101))
+        for ts, pkt in read_packets(capture):
+            data = pkt[:96]
+            f.write(struct.pack("<IIII", int(ts), 0, len(data), len(pkt)))
+            f.write(data)
+    rc, report, _ = _replay(cut, tmp_path / "out.pcap", capsys)
+    assert rc == 0
+    n_cut = sum(1 for _, p in read_packets(capture) if len(p) > 96)
+    assert n_cut and f"records cut by the capture's snapshot length: {n_cut}" in report
