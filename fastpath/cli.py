@@ -3,11 +3,13 @@
     fastpath check  -c FILE                 validate the config, print the SA table
     fastpath keys   -c FILE --wireshark     esp_sa lines for Wireshark / tshark
     fastpath replay -c FILE --in IN --out OUT   run the engine over a capture
-    fastpath run | ctl | demo               (declared; not in this build yet)
+    fastpath run    -c FILE [flags]         the forwarder (TUNs, workers, control loop)
+    fastpath ctl    status|bindings|sas|counters   views of a running forwarder
+    fastpath demo                           CN-HA-MN in network namespaces
 
-``main(argv)`` returns the exit status: 0 on success, 2 on a configuration or
-capture-file problem (printed as ``fastpath: <message>`` on stderr, never a
-traceback) and on a subcommand that is not available yet.
+``main(argv)`` returns the exit status: 0 on success, 2 on a usage,
+configuration or capture-file problem (printed as ``fastpath: <message>`` on
+stderr, never a traceback); replay returns 1 for a capture that ends early.
 """
 from __future__ import annotations
 
@@ -289,6 +291,28 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _int_in(lo: int, hi: int, why: str):
+    """An argparse type: an integer in [lo, hi]; `why` says where hi comes from."""
+    def parse(text: str) -> int:
+        v = _positive_int(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is out of range {lo}..{hi} ({why})")
+        return v
+    return parse
+
+
+MAX_BATCH = 4096      # a batch is preallocated per worker: 4096 slots x 2 KiB = 8 MiB
+MAX_WORKERS = 256     # the kernel's limit on the queues of a multi-queue TUN
+
+
+def _ipv6_address(text: str) -> str:
+    import ipaddress
+    try:
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv6 address") from None
+
+
 def _non_negative_float(text: str) -> float:
     try:
         v = float(text)
@@ -312,7 +336,7 @@ def _add_common(p: argparse.ArgumentParser, config: bool = True) -> None:
         p.add_argument("-c", "--config", required=True, metavar="FILE",
                        help="the home agent's TOML configuration file (SPEC §5)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
-                   help="log verbosity on stderr (default: warning)")
+                   help="log verbosity on stderr (default: info for run, warning otherwise)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,8 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
             moves a binding when an ESP-protected Binding Update arrives.
             Keys are configured manually in a TOML file."""),
         epilog="Run 'fastpath COMMAND --help' for the flags of each command.")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
-                   help="log verbosity on stderr (default: %(default)s)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                   help="log verbosity on stderr (default: info for run, which then says "
+                        "what it set up, each binding change and why it stopped; warning "
+                        "for the other commands)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # check
@@ -421,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--crypto", choices=("auto", "ipsecmb", "openssl"), default="auto",
                     help="crypto backend: intel-ipsec-mb, OpenSSL EVP, or auto = the "
                          "fastest available (default: %(default)s)")
-    sp.add_argument("--batch", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
-                    help="packets per engine batch (default: 64)")
+    sp.add_argument("--batch", type=_int_in(1, MAX_BATCH, "preallocated per batch"),
+                    default=argparse.SUPPRESS, metavar="N",
+                    help=f"packets per engine batch, 1..{MAX_BATCH} (default: 64)")
     sp.set_defaults(func=cmd_replay)
 
     # run
@@ -434,13 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
             the routes (and proxy NDP when [interfaces] home_link is set) for
             registered home addresses, and forward with N worker threads while
             a control thread handles Binding Updates, the control socket and
-            metrics. Runs until SIGINT/SIGTERM."""))
+            metrics. Runs until SIGINT, SIGTERM or SIGHUP, then removes what it
+            set up. One run per state_dir: a second one is refused, as is a
+            --control-socket or --metrics port another run serves."""))
     _add_common(sp)
-    sp.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                    help="worker threads, one TUN queue each (multi-queue when N > 1; "
-                         "default: %(default)s)")
-    sp.add_argument("--batch", type=_positive_int, default=None, metavar="N",
-                    help="packets read and processed per batch (default: 64); larger batches "
+    sp.add_argument("--workers", type=_int_in(1, MAX_WORKERS, "TUN queues per device"),
+                    default=1, metavar="N",
+                    help=f"worker threads, one TUN queue each (multi-queue when N > 1; "
+                         f"1..{MAX_WORKERS}; default: %(default)s)")
+    sp.add_argument("--batch", type=_int_in(1, MAX_BATCH, "preallocated per worker"),
+                    default=None, metavar="N",
+                    help=f"packets read and processed per batch, 1..{MAX_BATCH} (default: 64); larger batches "
                          "fill intel-ipsec-mb's SIMD lanes better, smaller ones cut latency")
     sp.add_argument("--home-if", metavar="NAME", default=None,
                     help="home-side TUN name (overrides [interfaces] home)")
@@ -459,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--role", choices=("home-agent", "mobile-node"), default="home-agent",
                     help="home-agent, or mobile-node: the mirror image for testing and the "
                          "demo, built from the same config file (SA directions swapped)")
-    sp.add_argument("--home-address", metavar="HOA", default=None,
+    sp.add_argument("--home-address", metavar="HOA", type=_ipv6_address, default=None,
                     help="mobile-node role: which mobile node of the config this is "
                          "(default: the only one)")
     sp.add_argument("--enable-forwarding", action="store_true",
@@ -547,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:           # --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if args.log_level is None:
+        args.log_level = "info" if args.command == "run" else "warning"
     _setup_logging(args.log_level)
     try:
         return args.func(args)

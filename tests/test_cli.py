@@ -284,7 +284,7 @@ def test_log_level_at_both_positions(capsys):
     parser = cli.build_parser()
     assert parser.parse_args(["--log-level", "debug", "check", "-c", "x"]).log_level == "debug"
     assert parser.parse_args(["check", "-c", "x", "--log-level", "info"]).log_level == "info"
-    assert parser.parse_args(["check", "-c", "x"]).log_level == "warning"
+    assert parser.parse_args(["check", "-c", "x"]).log_level is None   # main() picks per command
 
 
 def test_python_dash_m(tmp_path):
@@ -373,3 +373,28 @@ def test_tshark_decrypts_with_keys_output(capsys, tmp_path, path):
             assert row[2] == "5678", (sa.entry, row)    # inner UDP decrypted
         else:
             assert row[3] == ("5" if sa.direction == "in" else "6"), (sa.entry, row)
+
+
+@pytest.mark.parametrize("argv,says", [
+    (("run", "-c", HA, "--batch", "100000"), "out of range 1..4096"),
+    (("run", "-c", HA, "--workers", "300"), "out of range 1..256"),
+    (("run", "-c", HA, "--home-address", "banana"), "'banana' is not an IPv6 address"),
+    (("replay", "-c", HA, "--in", "a", "--out", "b", "--batch", "5000"), "out of range"),
+])
+def test_run_flags_out_of_range_are_usage_errors(capsys, argv, says):
+    """Before: --batch 100000 died in a MemoryError traceback after set-up,
+    --workers 300 / --home-address banana with raw exception texts."""
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and says in err and "Traceback" not in err
+
+
+def test_run_logs_at_info_unless_told(capsys, monkeypatch):
+    """`run` says what it set up and why it stopped without --log-level; the
+    other commands stay quiet at warning; an explicit level wins."""
+    seen = []
+    monkeypatch.setattr(cli, "cmd_run", lambda a: seen.append(a.log_level) or 0)
+    monkeypatch.setattr(cli, "cmd_check", lambda a: seen.append(a.log_level) or 0)
+    for argv in (("run", "-c", HA), ("run", "-c", HA, "--log-level", "error"),
+                 ("--log-level", "debug", "run", "-c", HA), ("check", "-c", HA)):
+        cli.main([str(a) for a in argv])
+    assert seen == ["info", "error", "debug", "warning"]
