@@ -86,3 +86,32 @@ def test_packet_too_big_checked_by_scapy(alg, backend):
     ok, _ = topo.run("encap", [inner(CN, MN1, fits), inner(CN, MN1, fits + 1)])
     assert ok[0][0] == Verdict.TO_WIRE and ok[1][1] == Reason.TOO_BIG
     assert (v2, r2) == (Verdict.TO_WIRE, Reason.NONE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ["aes128-sha1", "aes128gcm16"])
+def test_binding_update_only_on_the_binding_sa(alg, backend):
+    """RFC 3776 §4.1: Binding Updates come on the binding SA. The same BU
+    (scapy's MIPv6 and ESP layers, HAO = the node's HoA) sealed with the
+    node's prefix-discovery SA is a `policy` drop in both engines and yields
+    nothing the binding cache could apply; on the binding SA it is a BINDING."""
+    import scapy.all  # noqa: F401  (every layer binding)
+    from scapy.layers.inet6 import HAO, IPv6ExtHdrDestOpt, MIP6MH_BU
+    topo = make_topo(alg, False, backend)
+    bu = IPv6(bytes(IPv6(src="2001:db8:4::40", dst=ntop(HA))
+                    / IPv6ExtHdrDestOpt(options=[HAO(hoa=ntop(MN1))])
+                    / MIP6MH_BU(seq=7, flags="AH", mhtime=100)))
+    sealed = {}
+    for purpose in ("prefix-discovery", "binding"):
+        sa = scapy_sa(topo, SPI[(MN1, purpose, "in")], HA, HA)
+        sa.tunnel_header = None                       # transport mode
+        sealed[purpose] = bytes(sa.encrypt(bu, seq_num=1))
+    got, want = topo.run("decap", [sealed["prefix-discovery"]])
+    assert [(v, r) for v, r, _ in got] == [(Verdict.DROP, Reason.POLICY)]
+    assert [(v, r) for v, r, _ in want] == [(Verdict.DROP, Reason.POLICY)]
+    assert topo.engine.take_bindings() == []
+    got, want = topo.run("decap", [sealed["binding"]])
+    assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want] == \
+        [(Verdict.BINDING, Reason.NONE)]
+    [(_, vb)] = topo.engine.take_bindings()
+    assert vb.spi == SPI[(MN1, "binding", "in")] and vb.home_address == MN1

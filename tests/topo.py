@@ -21,7 +21,7 @@ REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 HA = addr("2001:db8:ffff::1")
 CN = addr("2001:db8:99::1")
-MN1 = addr("2001:db8:1::10")     # payload + RR + binding SAs
+MN1 = addr("2001:db8:1::10")     # payload + RR + binding + prefix-discovery SAs
 MN2 = addr("2001:db8:1::20")     # binding SAs only: plain IPv6-in-IPv6
 MN3 = addr("2001:db8:1::30")     # payload SAs but no binding yet
 COA1 = addr("2001:db8:2::10")
@@ -35,6 +35,7 @@ SPI = {  # (hoa, purpose, direction) -> SPI
     (MN1, "payload", "out"): 0x1001, (MN1, "payload", "in"): 0x2001,
     (MN1, "return-routability", "out"): 0x1002, (MN1, "return-routability", "in"): 0x2002,
     (MN1, "binding", "out"): 0x1003, (MN1, "binding", "in"): 0x2003,
+    (MN1, "prefix-discovery", "out"): 0x1006, (MN1, "prefix-discovery", "in"): 0x2006,
     (MN2, "binding", "out"): 0x1103, (MN2, "binding", "in"): 0x2103,
     (MN3, "payload", "out"): 0x1201, (MN3, "payload", "in"): 0x2201,
 }

@@ -1036,6 +1036,11 @@ cdef class Engine:
         if nxt != 135:
             self._verdict(b, i, V_DROP, R_MALFORMED, s)
             return -1
+        # Only the binding SA may carry a Binding Update (RFC 3776 §4.1): one
+        # on the prefix-discovery SA must not move the binding.
+        if sa.purpose != PURPOSE_BINDING:
+            self._verdict(b, i, V_DROP, R_POLICY, s)
+            return -1
         hl = 8 + sa.keys.iv_len
         newlen = j.esp_off + plen
         if newlen > BINDING_MAX:

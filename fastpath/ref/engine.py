@@ -276,6 +276,8 @@ class RefEngine:
             return self._drop(Reason.POLICY, sa)
         if nh != NH_MH:
             return self._drop(Reason.MALFORMED, sa)
+        if sa.purpose != "binding":         # a BU on the prefix-discovery SA moves nothing
+            return self._drop(Reason.POLICY, sa)
         out = bytearray(pkt[:chain.offset]) + payload
         out[chain.nh_field] = nh
         out[4:6] = (len(out) - ipv6.HEADER_LEN).to_bytes(2, "big")
