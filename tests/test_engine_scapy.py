@@ -115,3 +115,35 @@ def test_binding_update_only_on_the_binding_sa(alg, backend):
         [(Verdict.BINDING, Reason.NONE)]
     [(_, vb)] = topo.engine.take_bindings()
     assert vb.spi == SPI[(MN1, "binding", "in")] and vb.home_address == MN1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_packet_too_big_where_rfc4443_forbids_an_error(backend):
+    """RFC 4443 §2.4 (e): a packet too big for the tunnel is answered with a
+    Packet Too Big unless it is itself an ICMPv6 error (also behind
+    extension headers or in a first fragment) or its source names no single
+    node (::, multicast). Built with scapy; both engines agree."""
+    from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6ExtHdrDestOpt,
+                                    IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, UDP)
+    from scapy.packet import Raw
+    topo = make_topo("aes128gcm16", False, backend)
+    fill = Raw(b"\x55" * 1450)
+
+    def pkt(layers, src=ntop(CN)):
+        return bytes(IPv6(src=src, dst=ntop(MN1)) / layers)
+
+    answered = [pkt(IPv6ExtHdrDestOpt() / UDP() / fill),
+                pkt(IPv6ExtHdrHopByHop() / ICMPv6EchoRequest() / fill),
+                pkt(IPv6ExtHdrFragment(offset=0, m=1) / UDP() / fill),
+                pkt(IPv6ExtHdrFragment(offset=100, m=0, nh=58) / Raw(b"\x01" * 1450))]
+    silent = [pkt(IPv6ExtHdrDestOpt() / ICMPv6DestUnreach() / fill),
+              pkt(IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / ICMPv6DestUnreach() / fill),
+              pkt(IPv6ExtHdrFragment(offset=0, m=1) / ICMPv6DestUnreach() / fill),
+              pkt(UDP() / fill, src="::"),
+              pkt(UDP() / fill, src="ff02::1")]
+    got, want = topo.run("encap", answered + silent)
+    assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want]
+    assert [(v, r) for v, r, _ in got] == \
+        [(Verdict.TO_HOME, Reason.TOO_BIG)] * len(answered) + \
+        [(Verdict.DROP, Reason.TOO_BIG)] * len(silent)
+    assert [p for _, _, p in got[:len(answered)]] == [p for _, _, p in want[:len(answered)]]

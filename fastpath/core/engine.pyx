@@ -91,6 +91,45 @@ cdef inline bint is_mh_type(const uint8_t *p, int32_t n, uint8_t mh_type) noexce
     return False
 
 
+cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
+    """RFC 4443 §2.4 (e): no ICMPv6 error about an ICMPv6 error (found
+    behind hop-by-hop, routing and destination-options headers and a first
+    fragment's header too), nor to a source that names no single node (::,
+    multicast). A chain that cannot be followed gets no error either. The
+    reference: fastpath.ref.engine._no_error_about."""
+    cdef int32_t off = 40, size, k
+    cdef uint8_t nh = p[6]
+    if p[8] == 0xFF:
+        return True
+    for k in range(16):
+        if p[8 + k] != 0:
+            break
+    else:
+        return True
+    k = 0
+    while nh == 0 or nh == 43 or nh == 60:
+        if k == 8 or off + 2 > n:           # 8: the engine's limit on extension headers
+            return True
+        size = (p[off + 1] + 1) * 8
+        if off + size > n:
+            return True
+        nh = p[off]
+        off += size
+        k += 1
+    if nh == 44:
+        if off + 8 > n:
+            return True
+        if ((p[off + 2] << 8) | p[off + 3]) & 0xFFF8:
+            return False                    # a later fragment: its upper layer is not here
+        nh = p[off]
+        off += 8
+        if nh == 0 or nh == 43 or nh == 60:
+            return True                     # headers after a fragment header: not followed
+    if nh != 58:
+        return False
+    return off >= n or p[off] < 128
+
+
 cdef class Engine:
     """One worker's engine over a shared SADatabase (attributes: engine.pxd).
 
@@ -283,13 +322,13 @@ cdef class Engine:
         """The packet does not fit the tunnel: answer its source with an ICMPv6
         Packet Too Big (RFC 2473 §7.1, RFC 4459, RFC 4443 §3.2), built in place
         around the packet's own first bytes; rate-limited; never for packets
-        of 1280 bytes or less (IPv6's minimum MTU) nor about ICMPv6 errors."""
+        of 1280 bytes or less (IPv6's minimum MTU) nor where RFC 4443 §2.4 (e)
+        forbids an error (no_error_about)."""
         cdef uint8_t *q = p - 48
         cdef int32_t plen = n if n < 1280 - 48 else 1280 - 48
         cdef uint32_t sum
         cdef int32_t e
-        if (n <= 1280 or (p[6] == 58 and n > 40 and p[40] < 128)
-                or not self._ptb_token()):
+        if n <= 1280 or no_error_about(p, n) or not self._ptb_token():
             self._verdict(b, i, V_DROP, R_TOO_BIG, s)
             return
         if inner_mtu < 1280:

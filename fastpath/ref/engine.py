@@ -196,10 +196,9 @@ class RefEngine:
     def _too_big(self, pkt: bytes, inner_mtu: int, sa: SaEntry | None) -> Result:
         """RFC 2473 §7.1 / RFC 4459: a packet the tunnel cannot carry is answered
         with an ICMPv6 Packet Too Big to its source (never about a packet of
-        1280 bytes or less, nor about an ICMPv6 error, RFC 4443 §2.4 e); the
+        1280 bytes or less, nor where RFC 4443 §2.4 e forbids an error); the
         packet itself is dropped either way and counted as too_big."""
-        icmp_error = pkt[6] == ipv6.NH_ICMPV6 and len(pkt) > 40 and pkt[40] < 128
-        if len(pkt) <= ipv6.MIN_MTU or icmp_error:
+        if len(pkt) <= ipv6.MIN_MTU or _no_error_about(pkt):
             return self._drop(Reason.TOO_BIG, sa)
         ptb = ipv6.packet_too_big(self.ha_address, pkt, max(inner_mtu, ipv6.MIN_MTU))
         self._reasons["too_big"] += 1
@@ -342,3 +341,29 @@ def build_ba_packet(engine: RefEngine, spi: int, hoa: bytes, coa: bytes, mh: byt
     IPv6(HA→CoA) · RH2(HoA) · ESP transport(binding-out SA ``spi``) · MH."""
     return engine.seal_transport(spi, engine.ha_address, coa, ipv6.rh2(hoa, NH_ESP),
                                  NH_ROUTING, mh, NH_MH, iv, seq=seq, direction="out")
+
+
+def _no_error_about(pkt: bytes) -> bool:
+    """RFC 4443 §2.4 (e): no ICMPv6 error about an ICMPv6 error, wherever it
+    sits behind extension headers (a first fragment's included), nor to a
+    source that names no single node (the unspecified address, multicast).
+    A chain that cannot be followed gets no error either."""
+    src = pkt[8:24]
+    if src[0] == 0xFF or src == bytes(16):
+        return True
+    try:
+        chain = ipv6.walk_chain(pkt, options=False)
+    except ChainError:
+        return True
+    nh, off = chain.next_header, chain.offset
+    if nh == ipv6.NH_FRAGMENT:
+        if off + 8 > len(pkt):
+            return True
+        if int.from_bytes(pkt[off + 2:off + 4], "big") & 0xFFF8:
+            return False                 # a later fragment: its upper layer is not here
+        nh, off = pkt[off], off + 8
+        if nh in (ipv6.NH_HOPOPTS, ipv6.NH_ROUTING, ipv6.NH_DSTOPTS):
+            return True                  # headers after a fragment header: not followed
+    if nh != ipv6.NH_ICMPV6:
+        return False
+    return off >= len(pkt) or pkt[off] < 128
