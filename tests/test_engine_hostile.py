@@ -610,6 +610,8 @@ def test_every_reason_and_exact_counters(backend):
     assert vr(got) == [(TO_WIRE, 0), (DROP, R.SEQ_EXHAUSTED)]
 
     good = inner(MN1, CN, 120)
+    hoti_mh = bytes([59, 1, 1, 0]) + bytes(12)         # Home Test Init: all the RR SA takes
+    hoti = ipv6_header(MN1, CN, 135, len(hoti_mh)) + hoti_mh
     bad_pad = frame(good, 41, 16)
     bad_pad = bad_pad[:-3] + b"\xee" + bad_pad[-2:]
     e1 = mn_esp(topo, MN1, "payload", good, seq=1)
@@ -621,7 +623,7 @@ def test_every_reason_and_exact_counters(backend):
         mn_esp_framed(topo, MN1, "payload", bad_pad, seq=3),              # bad_padding
         mn_esp(topo, MN1, "payload", inner(EVIL, CN, 64), seq=4),         # policy (SA)
         mn_esp(topo, MN1, "payload", b"", seq=5, nh=59),                  # dummy
-        mn_esp(topo, MN1, "return-routability", inner(MN1, CN, 90), seq=1),  # TO_HOME (rr)
+        mn_esp(topo, MN1, "return-routability", hoti, seq=1),             # TO_HOME (rr)
         outer(COA1, HA, 50, struct.pack("!II", 0xBAD, 1) + bytes(40)),    # unknown_spi
         outer(COA1, HA, 50, bytes(4)),                                    # malformed (< 8)
         e1[:-4] + e1[-3:],  # wrong length, known SPI: malformed on the SA
@@ -661,7 +663,7 @@ def test_every_reason_and_exact_counters(backend):
     assert n_in(per_sa[(p_in, "in")]) == (1, len(good))
     assert per_sa[(p_in, "in")]["drops"] == {"icv": 1, "bad_padding": 1, "policy": 1,
                                              "dummy": 1, "malformed": 1, "replay": 1}
-    assert n_in(per_sa[(rr_in, "in")]) == (1, 90)
+    assert n_in(per_sa[(rr_in, "in")]) == (1, len(hoti))
     assert per_sa[(rr_in, "in")]["drops"] == {}
     assert per_sa[(b_in, "in")]["packets_in"] == 1
     assert per_sa[(b_in, "in")]["bytes_in"] == 64 + len(bu_mh())

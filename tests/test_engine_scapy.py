@@ -147,3 +147,48 @@ def test_no_packet_too_big_where_rfc4443_forbids_an_error(backend):
         [(Verdict.TO_HOME, Reason.TOO_BIG)] * len(answered) + \
         [(Verdict.DROP, Reason.TOO_BIG)] * len(silent)
     assert [p for _, _, p in got[:len(answered)]] == [p for _, _, p in want[:len(answered)]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_home_test_init_only_on_the_return_routability_sa(backend):
+    """RFC 3776 §4.2 at the home agent: the return-routability SA carries
+    Home Test Init and nothing else; a node that has one may not send HoTI on
+    its payload SA, nor in plain IPv6-in-IPv6. scapy builds and seals the
+    packets; both engines agree."""
+    import scapy.all  # noqa: F401
+    from scapy.layers.inet6 import MIP6MH_HoTI, UDP
+    from fastpath.core.engine import Engine
+    from fastpath.core.sad import SADatabase
+    from fastpath.ref.engine import RefEngine
+    from topo import COA2, MN2, Topo, keys_for
+    import random
+    topo = make_topo("aes128-sha1", False, backend)
+    hoti = IPv6(src=ntop(MN1), dst=ntop(CN)) / MIP6MH_HoTI(cookie=b"12345678")
+    udp = IPv6(src=ntop(MN1), dst=ntop(CN)) / UDP(sport=1, dport=2) / b"payload"
+    rr = scapy_sa(topo, SPI[(MN1, "return-routability", "in")], COA1, HA)
+    pay = scapy_sa(topo, SPI[(MN1, "payload", "in")], COA1, HA)
+    wire = [bytes(rr.encrypt(hoti, seq_num=1)), bytes(rr.encrypt(udp, seq_num=2)),
+            bytes(pay.encrypt(hoti, seq_num=1)), bytes(pay.encrypt(udp, seq_num=2))]
+    got, want = topo.run("decap", wire)
+    assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want] == [
+        (Verdict.TO_HOME, Reason.NONE), (Verdict.DROP, Reason.POLICY),
+        (Verdict.DROP, Reason.POLICY), (Verdict.TO_HOME, Reason.NONE)]
+    assert got[0][2] == bytes(hoti) and got[3][2] == bytes(udp)
+    # plain IPv6-in-IPv6 from a node with binding and RR SAs but no payload SA
+    sad = SADatabase(HA, 1500, sa_capacity=8, mn_capacity=2, ipsecmb=(backend == "ipsecmb"))
+    ref = RefEngine(HA, 1500)
+    rnd = random.Random(3)
+    for e in (sad, ref):
+        e.add_mobile_node(MN2, COA2)
+    for spi, (purpose, d) in enumerate([("binding", "in"), ("binding", "out"),
+                                        ("return-routability", "in"),
+                                        ("return-routability", "out")], 0x500):
+        enc, auth, salt = keys_for("aes128-sha1", rnd)
+        sad.add_sa(MN2, purpose, d, spi, "aes128-sha1", enc, auth, salt, False, 64)
+        ref.add_sa(purpose, d, spi, "aes128-sha1", enc, auth, salt, False, 64, hoa=MN2)
+    plain = Topo("aes128-sha1", False, 64, sad, Engine(sad, backend), ref, {})
+    tunnelled = [bytes(IPv6(src=ntop(COA2), dst=ntop(HA)) / IPv6(src=ntop(MN2), dst=ntop(CN))
+                       / layer) for layer in (MIP6MH_HoTI(cookie=b"12345678"), UDP() / b"x")]
+    got, want = plain.run("decap", tunnelled)
+    assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want] == [
+        (Verdict.DROP, Reason.POLICY), (Verdict.TO_HOME, Reason.NONE)]

@@ -91,6 +91,18 @@ cdef inline bint is_mh_type(const uint8_t *p, int32_t n, uint8_t mh_type) noexce
     return False
 
 
+cdef inline bint rr_selector_ok(fp_sad *t, fp_sa *sa, const uint8_t *p, int32_t n,
+                                 uint8_t rr_type) noexcept nogil:
+    """Inbound tunnel SA selectors for return routability (RFC 3776 §4.2):
+    the RR SA takes only `rr_type` (HoTI at the HA, HoT at the MN); a payload
+    SA takes it only when its node has no RR SA."""
+    if sa.purpose == PURPOSE_RR:
+        return is_mh_type(p, n, rr_type)
+    if t.mns[sa.mn].sa[PURPOSE_RR][DIR_IN] >= 0:
+        return not is_mh_type(p, n, rr_type)
+    return True
+
+
 cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
     """RFC 4443 §2.4 (e): no ICMPv6 error about an ICMPv6 error (found
     behind hop-by-hop, routing and destination-options headers and a first
@@ -960,6 +972,7 @@ cdef class Engine:
         cdef uint8_t *data = b.c_data
         cdef Py_ssize_t ss = b.slot_size
         cdef int src = 8 if t.role == ROLE_HA else 24
+        cdef uint8_t rr_type = 1 if t.role == ROLE_HA else 3    # HoTI in / HoT in
         cdef int k, i, ok = 0
         cdef int32_t s, cur = -1, plen
         cdef uint8_t nxt
@@ -1014,6 +1027,12 @@ cdef class Engine:
             if not fp_eq128(j.ct + src, hi, lo):
                 self._verdict(b, i, V_DROP, R_POLICY, s)
                 continue
+            # RFC 3776 §4.2: the return-routability SA carries Home Test
+            # Init (HoT at the MN) and nothing else; where a node has one,
+            # that message may not come on its payload SA.
+            if not rr_selector_ok(t, sa, j.ct, plen, rr_type):
+                self._verdict(b, i, V_DROP, R_POLICY, s)
+                continue
             c_len[i] = plen                     # (offset: set in pass 1)
             c_sa[i] = s                         # (verdict TO_HOME: set for the batch)
             ok += 1
@@ -1047,6 +1066,9 @@ cdef class Engine:
             return
         if mn.sa[PURPOSE_PAYLOAD][DIR_IN] >= 0:
             self._verdict(b, i, V_DROP, R_POLICY, -1)     # its payload must come under ESP
+            return
+        if mn.sa[PURPOSE_RR][DIR_IN] >= 0 and is_mh_type(inner, n - off, 1 if ha else 3):
+            self._verdict(b, i, V_DROP, R_POLICY, -1)     # ... and so must its HoTI / HoT
             return
         # HA: from the registered CoA; MN: from our home agent.
         if memcmp(p + 8, self.t.eps[e].hdr + 24, 16) != 0:

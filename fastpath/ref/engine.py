@@ -28,6 +28,7 @@ PURPOSES = {
 }
 DIRECTIONS = ("in", "out")
 
+MH_HOME_TEST_INIT = 1
 MH_HOME_TEST = 3
 OUTER_HOP_LIMIT = 64
 
@@ -269,6 +270,12 @@ class RefEngine:
             # RFC 4301 inbound selector check; the outer source is free (RFC 3776 §3.2).
             if payload[8:24] != sa.hoa:
                 return self._drop(Reason.POLICY, sa)
+            # RFC 3776 §4.2: HoTI on the return-routability SA, and only there
+            # when the node has one.
+            hoti = ipv6.mh_type(payload) == MH_HOME_TEST_INIT
+            has_rr = ("return-routability", "in") in self._mns[sa.hoa].sas
+            if (sa.purpose == "return-routability") != (hoti and has_rr):
+                return self._drop(Reason.POLICY, sa)
             self._count(sa, "in", len(payload))
             return self._emit(Verdict.TO_HOME, payload)
         if chain.hoa != sa.hoa:
@@ -292,6 +299,9 @@ class RefEngine:
             return self._drop(Reason.NO_BINDING)
         if ("payload", "in") in mn.sas:     # its payload must come protected
             return self._drop(Reason.POLICY)
+        if (("return-routability", "in") in mn.sas
+                and ipv6.mh_type(inner) == MH_HOME_TEST_INIT):
+            return self._drop(Reason.POLICY)  # ... and so must its HoTI
         if pkt[8:24] != mn.coa:             # RFC 6275 §10.4.5
             return self._drop(Reason.POLICY)
         return self._emit(Verdict.TO_HOME, inner)
