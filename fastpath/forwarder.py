@@ -106,7 +106,6 @@ class Forwarder:
         if opts.role == "mobile-node":
             state = state / f"mn-{self._my_nodes()[0].home_address}"
         self.lock_fd = lock_state_dir(state)
-        self.seqstore = _seqstore_for(state, self.sad, outs, opts.role)
         mq = opts.workers > 1
         home = tun_queues(self.home_if, opts.workers, multi_queue=mq, vnet_hdr=opts.offload)
         if opts.offload:
@@ -118,12 +117,16 @@ class Forwarder:
         self.home_vnet = opts.offload
         self.host = HostSetup(cfg, home_if=self.home_if, wire_if=self.wire_if,
                               enable_forwarding=opts.enable_forwarding, role=opts.role,
-                              home_address=opts.home_address, queue_len=opts.queue_len)
+                              home_address=opts.home_address, queue_len=opts.queue_len,
+                              state_dir=state)
         self.host.cleanup_leftovers()
         self.host.setup()
         for mn in self.sad.mobile_nodes():
             if mn["care_of_address"] is not None:
                 self.host.bind(mn["home_address"])
+        # after the checks that can refuse to start, before any worker may
+        # send: a refused start burns no block of sequence numbers
+        self.seqstore = _seqstore_for(state, self.sad, outs, opts.role)
         self.control_engine = Engine(self.sad, self.backend)
         # it decapsulates reassembled fragments, taking SA replay locks that
         # workers hold too: see Engine.lock_sleeps

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import os
 import queue
@@ -82,6 +83,7 @@ import socket
 import threading
 from concurrent.futures import Future
 from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
 from typing import Any, Callable
 
 from fastpath.tun import _setns, netns_path
@@ -96,6 +98,7 @@ __all__ = [
 
 log = logging.getLogger("fastpath.netlink")
 
+SYSCTL_FILE = "changed-sysctls.json"   # in state_dir while a run has sysctls changed
 RTPROT_FASTPATH = 250          # routing protocol number on fastpath's routes/proxies
 FORWARDING_SYSCTL = "net.ipv6.conf.all.forwarding"
 NTF_PROXY = 0x08
@@ -230,7 +233,10 @@ class HostSetup:
                  home_link: str | None = None, home_mtu: int | None = None,
                  enable_forwarding: bool = False, role: str = "home-agent",
                  home_address: Any = None, coa_link: str | None = None,
-                 netns: str | None = None, queue_len: int = QUEUE_LEN):
+                 netns: str | None = None, queue_len: int = QUEUE_LEN,
+                 state_dir: Any = None):
+        """`state_dir`: where the sysctls' original values are kept while
+        changed, so that a run after a crash (cleanup_leftovers) restores them."""
         if role not in ("home-agent", "mobile-node"):
             raise ValueError(f"role must be 'home-agent' or 'mobile-node', got {role!r}")
         self.cfg = cfg
@@ -261,6 +267,7 @@ class HostSetup:
         self._proxies: dict[IPv6Address, tuple[int, str]] = {}
         self._addrs: list[tuple[IPv6Address, int, str]] = []
         self._sysctls: list[tuple[str, str]] = []             # (name, old value)
+        self._sysctl_file = Path(state_dir) / SYSCTL_FILE if state_dir is not None else None
         self._bound: set[IPv6Address] = set()
 
     def _pick_mn(self, home_address):
@@ -321,13 +328,56 @@ class HostSetup:
             raise HostSetupError(f"sysctl {name} does not exist")
         if old == value:
             return
+        self._sysctls.append((name, old))
+        self._save_sysctls()        # on disk before the change: a crash cannot lose `old`
         try:
             with open(_sysctl_path(name), "w") as f:
                 f.write(value)
         except OSError as e:
             raise HostSetupError(f"cannot set {name} = {value}: {e.strerror}") from None
-        self._sysctls.append((name, old))
         log.info("sysctl %s = %s (was %s)", name, value, old)
+
+    def _save_sysctls(self) -> None:
+        if self._sysctl_file is None:
+            return
+        if not self._sysctls:
+            self._sysctl_file.unlink(missing_ok=True)
+            return
+        tmp = self._sysctl_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(dict(self._sysctls), indent=1))
+            os.replace(tmp, self._sysctl_file)
+        except OSError as e:
+            raise HostSetupError(f"{self._sysctl_file}: cannot record the sysctls' original "
+                                 f"values: {e.strerror}") from None
+
+    def _restore_saved_sysctls(self) -> list[str]:
+        """The sysctls a killed run changed, back to what they were before it."""
+        if self._sysctl_file is None:
+            return []
+        try:
+            saved = json.loads(self._sysctl_file.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            log.warning("%s: unreadable (%s); sysctls a killed run changed are not restored",
+                        self._sysctl_file, e)
+            return []
+        done = []
+        for name, old in (saved.items() if isinstance(saved, dict) else ()):
+            if self._sysctl_get(name) in (None, str(old)):
+                continue
+            try:
+                with open(_sysctl_path(name), "w") as f:
+                    f.write(str(old))
+            except OSError as e:
+                log.warning("could not restore %s = %s: %s", name, old, e.strerror)
+                continue
+            desc = f"sysctl {name} = {old}"
+            log.info("leftover %s restored", desc)
+            done.append(desc)
+        self._sysctl_file.unlink(missing_ok=True)
+        return done
 
     # -- links ------------------------------------------------------------------------
     def _index(self, ifname: str) -> int | None:
@@ -666,6 +716,10 @@ class HostSetup:
             except OSError as e:
                 log.warning("could not restore %s = %s: %s", name, old, e.strerror)
         self._sysctls.clear()
+        try:
+            self._save_sysctls()
+        except HostSetupError as e:
+            log.warning("%s", e)
 
     # -- after a crash ------------------------------------------------------------------
     def cleanup_leftovers(self) -> list[str]:
@@ -690,7 +744,7 @@ class HostSetup:
         names = {l["index"]: l.get("IFLA_IFNAME") for l in self._ipr.get_links()}
         link_idx = self._index(self.home_link) if self.home_link else None
         mine_routes = {(k[1], k[2], k[3]) for k in self._routes}
-        removed: list[str] = []
+        removed: list[str] = [] if self._sysctls else self._restore_saved_sysctls()
 
         for r in self._ipr.route("dump", family=socket.AF_INET6):
             if r.get("RTA_TABLE", r["table"]) != RT_TABLE_MAIN:

@@ -303,3 +303,21 @@ def test_a_second_run_is_refused_and_sighup_cleans_up(net, tmp_path):
     assert not {"fp-home", "fp-wire"} & set(net.ha.links())
     assert "proto 250" not in net.ha.ip("-6", "route", "show", "table", "all").stdout
     assert not os.path.exists(sock)
+
+
+def test_a_refused_start_leaves_no_reservation(tmp_path):
+    """`run` in a namespace where IPv6 forwarding is off is refused (exit 2,
+    the reason on stderr) after the TUNs opened but before any sequence
+    number was reserved: nothing to skip on the next start, nothing left."""
+    from netns import Netns
+    from fastpath.seqstore import FILE
+    cfg = config(tmp_path, "aes128gcm16")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    with Netns("refused") as ns:
+        ns.sysctl("net.ipv6.conf.all.forwarding", 0)
+        r = ns.run([sys.executable, "-m", "fastpath", "run", "-c", cfg, "--control-socket",
+                    str(tmp_path / "x.sock")], env=env, check=False, timeout=60)
+        assert r.returncode == 2 and "forwarding" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "state" / FILE).exists()
+        assert not {"fp-home", "fp-wire"} & set(ns.links())
+        assert not (tmp_path / "x.sock").exists()

@@ -264,7 +264,7 @@ cfg = parse(sys.stdin.read(), "test.toml")
 fds = [open_tun(n) for n in ({home!r}, {wire!r})]
 for fd in fds:
     set_persist(fd)          # the links outlive the kill, so do their routes
-h = HostSetup(cfg)
+h = HostSetup(cfg, state_dir={state!r})
 h.setup()
 h.bind({hoa1!r})
 h.bind({hoa2!r})
@@ -273,10 +273,15 @@ time.sleep(60)
 """
 
 
-def test_cleanup_leftovers_after_kill_9(ns, cfg):
-    from fastpath.netlink import HostSetup
+def test_cleanup_leftovers_after_kill_9(ns, cfg, tmp_path):
+    """Routes, proxy entries and the sysctls a kill -9'd run changed (their
+    original values were kept in state_dir) are undone by the next run."""
+    from fastpath.netlink import SYSCTL_FILE, HostSetup
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    code = textwrap.dedent(CHILD.format(home=HOME, wire=WIRE, hoa1=HOA1, hoa2=HOA2))
+    state = str(tmp_path)
+    proxy_ndp = f"net.ipv6.conf.{LINK}.proxy_ndp"
+    assert ns.sysctl_get(proxy_ndp) == "0"
+    code = textwrap.dedent(CHILD.format(home=HOME, wire=WIRE, hoa1=HOA1, hoa2=HOA2, state=state))
     child = ns.popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                      stdout=subprocess.PIPE, text=True, env=env)
     child.stdin.write(CONFIG)
@@ -293,9 +298,12 @@ def test_cleanup_leftovers_after_kill_9(ns, cfg):
     assert f"{HA} dev {WIRE}" in before_r and f"{HOA1} dev {HOME}" in before_r
     assert f"{HOA1} dev {LINK} proxy" in before_p and f"{HOA2} dev {LINK} proxy" in before_p
 
-    h = HostSetup(cfg, netns=ns.name)                 # "the restarted forwarder"
+    assert ns.sysctl_get(proxy_ndp) == "1" and (tmp_path / SYSCTL_FILE).exists()
+    h = HostSetup(cfg, netns=ns.name, state_dir=state)   # "the restarted forwarder"
     removed = h.cleanup_leftovers()
-    assert len(removed) == 5, removed                 # 3 routes, 2 proxy entries
+    assert len(removed) == 7, removed                 # 3 routes, 2 proxy entries, 2 sysctls
+    assert f"sysctl {proxy_ndp} = 0" in removed
+    assert ns.sysctl_get(proxy_ndp) == "0" and not (tmp_path / SYSCTL_FILE).exists()
     r, p = routes(ns), proxies(ns)
     assert HA not in r and f"{HOA1} " not in r and f"{HOA2} " not in r
     assert "2001:db8:1::99 dev hl0" in r
@@ -308,8 +316,10 @@ def test_cleanup_leftovers_after_kill_9(ns, cfg):
         h.setup()
         h.bind(HOA1)
         assert f"{HOA1} dev {HOME} proto 250" in routes(ns)
+        assert (tmp_path / SYSCTL_FILE).exists()
         h.close()
         assert "proto 250" not in routes(ns)
+        assert ns.sysctl_get(proxy_ndp) == "0" and not (tmp_path / SYSCTL_FILE).exists()
     finally:
         close_all(fds)
         ns.ip("link", "del", HOME)
