@@ -34,6 +34,7 @@ log = logging.getLogger("fastpath.control")
 PUNT_RATE = 10000.0
 PUNT_CPU_SHARE = 0.2      # of each second of this thread, at most this on punts (then shed)
 REASSEMBLY_CHECK_S = 1.0  # how often stale fragments are dropped (they wait 60 s)
+DROP_LOG_S = 10.0         # how often new drops are summed up in the log
 MAX_REASSEMBLED = 40 + 65535   # the largest packet reassembly can produce
 CTL_COMMANDS = ("status", "bindings", "sas", "counters")
 
@@ -206,6 +207,8 @@ class ControlPlane:
         self._slow_batch = None           # one slot for a reassembled packet (made on first use)
         self._punt_window = 0.0           # start of the current second of punt work ...
         self._punt_spent = 0.0            # ... and the CPU seconds spent on punts in it
+        self._drops_seen: dict = {}       # totals at the last _log_drops()
+        self._exhausted_seen: dict = {}   # SPI -> seq_exhausted drops at the last one
         fwd.control = self
         if fwd.opts.role == "home-agent":
             try:
@@ -249,7 +252,8 @@ class ControlPlane:
         # an idle forwarder wakes ~10 times a second, not 100
         timers = [asyncio.ensure_future(self._every(self._sequence_check_s,
                                                     self._extend_sequences)),
-                  asyncio.ensure_future(self._every(REASSEMBLY_CHECK_S, self._expire_fragments))]
+                  asyncio.ensure_future(self._every(REASSEMBLY_CHECK_S, self._expire_fragments)),
+                  asyncio.ensure_future(self._every(DROP_LOG_S, self._log_drops))]
         if self.bindings is not None:
             timers.append(asyncio.ensure_future(self._every(1.0, self._expire)))
         if self.registration is not None:
@@ -519,6 +523,29 @@ class ControlPlane:
 
     def _expire_fragments(self) -> None:
         self.reassembler.expire(time.monotonic())
+
+    def _log_drops(self) -> None:
+        """Every DROP_LOG_S, one line with the drops since the last one, by
+        reason (nothing when there were none): at INFO, at WARNING when an SA
+        ran out of sequence numbers (traffic is being lost until the
+        reservation moves or, at 2^32-1 / 2^64-1, until the SA is rekeyed)."""
+        snap = metrics.collect(self.fwd)
+        drops = snap["totals"]["drops"]
+        new = {r: n - self._drops_seen.get(r, 0) for r, n in drops.items()
+               if n > self._drops_seen.get(r, 0)}
+        self._drops_seen = dict(drops)
+        if new:
+            log.info("drops in the last %g s: %s (per SA: fastpath ctl sas)", DROP_LOG_S,
+                     ", ".join(f"{r}={n}" for r, n in sorted(new.items())))
+        for sa in snap["sas"]:
+            n = sa["drops"].get("seq_exhausted", 0)
+            if n > self._exhausted_seen.get(sa["spi"], 0):
+                log.warning("SA 0x%08x (%s %s, HoA %s): %d packets dropped, no sequence number "
+                            "left (at %d); at the end of the sequence space the SA needs a "
+                            "new key", sa["spi"], sa["purpose"], sa["direction"],
+                            sa["home_address"], n - self._exhausted_seen.get(sa["spi"], 0),
+                            sa["sequence"])
+                self._exhausted_seen[sa["spi"]] = n
 
     def _expire(self) -> None:
         for hoa in self.bindings.expire_due(time.monotonic()):

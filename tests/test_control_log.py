@@ -35,3 +35,35 @@ def test_moves_and_refusals_logged_and_rate_limited(caplog, monkeypatch):
     assert len(lines) == control._LOG_PER_S + 2
     assert lines[-2].startswith("82 more binding changes or refusals")
     assert "deregistered" in lines[-1]
+
+
+def test_drops_summed_up_and_exhaustion_warned(caplog):
+    """Every DROP_LOG_S the control thread logs the drops since the last
+    time, by reason (nothing when there were none); an SA out of sequence
+    numbers is a WARNING naming the SA. Real engine and SA table."""
+    from fastpath.core.batch import Batch
+    from topo import CN, EVIL, MN1, SPI, inner, make_topo
+    topo = make_topo("aes128gcm16", False, "openssl")
+    fwd = SimpleNamespace(engines=[topo.engine], workers=[], sad=topo.sad, control_engine=None)
+    cp = SimpleNamespace(fwd=fwd, _drops_seen={}, _exhausted_seen={})
+
+    def encap(pkts):
+        b = Batch(len(pkts))
+        b.load(pkts)
+        topo.engine.encap(b)
+
+    with caplog.at_level(logging.INFO, logger="fastpath.control"):
+        control.ControlPlane._log_drops(cp)                     # nothing yet: silent
+        encap([inner(CN, EVIL, 100)] * 3)                       # no_binding x3
+        control.ControlPlane._log_drops(cp)
+        control.ControlPlane._log_drops(cp)                     # nothing new: silent
+        spi = SPI[(MN1, "payload", "out")]
+        topo.sad.resume_sequence(spi, 2 ** 32 - 1)
+        encap([inner(CN, MN1, 100)] * 2)                        # seq_exhausted x2
+        control.ControlPlane._log_drops(cp)
+    recs = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert recs[0] == ("INFO", "drops in the last 10 s: no_binding=3 (per SA: fastpath ctl sas)")
+    assert recs[1] == ("INFO", "drops in the last 10 s: seq_exhausted=2 (per SA: fastpath ctl sas)")
+    assert recs[2][0] == "WARNING" and f"SA 0x{spi:08x} (payload out" in recs[2][1]
+    assert "2 packets dropped" in recs[2][1] and "new key" in recs[2][1]
+    assert len(recs) == 3
