@@ -241,34 +241,46 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(v, empty: str = "-") -> str:
+    """A value of a ctl view as text: dicts as k=v lists (nested ones in
+    braces), lists comma-separated, None and empty ones as `empty`."""
+    if v is None or v == {} or v == []:
+        return empty
+    if isinstance(v, dict):
+        return ", ".join(f"{k}=" + (f"{{{_show(x)}}}" if isinstance(x, dict) else _show(x))
+                         for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_show(x) for x in v)
+    return str(v)
+
+
 def _ctl_text(view: str, data) -> str:
     if view in ("status", "move"):
-        return "\n".join(f"{k:14} {v}" for k, v in data.items())
+        return "\n".join(f"{k:14} {_show(v)}" for k, v in data.items())
     if view == "bindings":
         rows = data if isinstance(data, list) else []
         if not rows:
             return "no mobile nodes"
         keys = list(rows[0].keys())
         return "\n".join(["  ".join(f"{k:>16}" for k in keys)] +
-                         ["  ".join(f"{str(r.get(k, '')):>16}" for k in keys) for r in rows])
+                         ["  ".join(f"{_show(r.get(k)):>16}" for k in keys) for r in rows])
     if view == "sas":
         lines = [f"{'SPI':>10} {'dir':3} {'purpose':18} {'mode':9} {'home address':24} "
                  f"{'sequence':>12} {'packets':>10} {'bytes':>12}  drops"]
         for sa in data:
             d = sa["direction"]
-            drops = ", ".join(f"{k}={v}" for k, v in sa["drops"].items()) or "-"
             lines.append(f"{sa['spi']:#10x} {d:3} {sa['purpose']:18} {sa['mode']:9} "
                          f"{sa['home_address']:24} {sa['sequence']:>12} {sa['packets_' + d]:>10} "
-                         f"{sa['bytes_' + d]:>12}  {drops}")
+                         f"{sa['bytes_' + d]:>12}  {_show(sa['drops'])}")
         return "\n".join(lines)
     tot = data["totals"]
-    lines = ["packets by verdict: " + ", ".join(f"{k}={v}" for k, v in tot["verdicts"].items()),
-             "drops by reason:    " + ", ".join(f"{k}={v}" for k, v in tot["drops"].items() if v)
-             or "drops by reason:    none"]
+    lines = ["packets by verdict: " + _show({k: v for k, v in tot["verdicts"].items() if v},
+                                            "none"),
+             "drops by reason:    " + _show({k: v for k, v in tot["drops"].items() if v}, "none")]
     for k, v in data.get("io", {}).items():
-        lines.append(f"{k:19} {v}")
+        lines.append(f"{k:19} {_show(v, '0')}")
     for k, v in data.get("control", {}).items():
-        lines.append(f"control {k}: {v}")
+        lines.append(f"control {k}: {_show(v, 'none')}")
     return "\n".join(lines)
 
 
@@ -527,7 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
             Ask a running forwarder over its control socket: 'status' (uptime,
             workers), 'bindings' (HoA -> CoA, lifetime left), 'sas' (SA table
             with sequence numbers) or 'counters' (packets, bytes and drops by
-            reason, per SA and in total). Nothing can be changed from here."""))
+            reason, per SA and in total). Nothing of a home agent can be
+            changed from here: its bindings move only on authenticated Binding
+            Updates. 'move --coa ADDR' is for a forwarder in the mobile-node
+            role (tests, the demo): it registers the new care-of address."""))
     _add_common(sp, config=False)
     sp.add_argument("--socket", metavar="PATH", default=None,
                     help="control socket of the forwarder (default: /run/fastpath.sock)")

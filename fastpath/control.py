@@ -593,6 +593,10 @@ class ControlPlane:
                     reply = {"ok": {"moved_to": words[1]}}
                 except (ValueError, OSError) as e:
                     reply = {"error": str(e)}
+            elif words and words[0] == "move" and self.registration is None:
+                reply = {"error": "refused: a home agent's bindings move only on an "
+                                  "authenticated Binding Update ('move' is for a forwarder "
+                                  "in the mobile-node role)"}
             else:
                 reply = {"error": f"unknown request {line!r}; one of {', '.join(CTL_COMMANDS)}"
                                   + (", move COA" if self.registration is not None else "")}
@@ -640,7 +644,16 @@ def ctl_request(path: str, what: str, timeout: float = 5.0):
     import socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
-        s.connect(path)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise OSError("no forwarder answers here: is 'fastpath run' running, and with "
+                          "this --control-socket?") from None
+        except PermissionError:
+            raise OSError("permission denied: the control socket is mode 0600, owned by "
+                          "the forwarder's user") from None
+        except socket.timeout:
+            raise OSError(f"the forwarder did not accept within {timeout:g} s") from None
         s.sendall(what.encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -648,6 +661,8 @@ def ctl_request(path: str, what: str, timeout: float = 5.0):
             if not chunk:
                 break
             data += chunk
+    if not data:
+        raise OSError("the forwarder closed the connection without an answer")
     reply = json.loads(data)
     if "error" in reply:
         raise RuntimeError(reply["error"])

@@ -272,7 +272,8 @@ def test_demo_help_names_its_flags(capsys):
 def test_ctl_without_a_forwarder(capsys, argv):
     rc, out, err = run(capsys, *argv)
     assert rc == 2
-    assert "fastpath ctl: /nonexistent/fp.sock:" in err and "Traceback" not in err
+    assert "fastpath ctl: /nonexistent/fp.sock: no forwarder answers here" in err
+    assert "Traceback" not in err and "Errno" not in err
 
 
 def test_run_refuses_bad_cpu_list(capsys):
@@ -398,3 +399,21 @@ def test_run_logs_at_info_unless_told(capsys, monkeypatch):
                  ("--log-level", "debug", "run", "-c", HA), ("check", "-c", HA)):
         cli.main([str(a) for a in argv])
     assert seen == ["info", "error", "debug", "warning"]
+
+
+def test_ctl_text_views_read_as_text():
+    """No Python reprs in the text views: dicts as k=v, None as -, an empty
+    set of drops or verdicts as 'none' (the drops line used to stay empty)."""
+    status = cli._ctl_text("status", {"role": "home-agent", "scheduling":
+                                      {"control": "fifo 2", "workers": ["fifo 1", "fifo 1"]},
+                                      "home_if": None})
+    assert "scheduling     control=fifo 2, workers=fifo 1, fifo 1" in status
+    assert "home_if        -" in status and "{" not in status and "None" not in status
+    counters = cli._ctl_text("counters", {"totals": {"verdicts": {"drop": 0}, "drops":
+                                                     {"icv": 0}},
+                                          "io": {"reads": {"home": 3, "wire": 4}},
+                                          "control": {"reassembly": {"timeout": 0}}})
+    assert "packets by verdict: none" in counters and "drops by reason:    none" in counters
+    assert "home=3, wire=4" in counters and "'" not in counters
+    rows = cli._ctl_text("bindings", [{"home_address": "2001:db8::1", "care_of_address": None}])
+    assert "None" not in rows and rows.splitlines()[1].split() == ["2001:db8::1", "-"]

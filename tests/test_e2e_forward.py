@@ -242,7 +242,7 @@ def test_control_socket_and_metrics(net, tmp_path):
         env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
         r = net.ha.run([sys.executable, "-m", "fastpath", "ctl", "--socket", sock, "move",
                         "--coa", T.COA2], env=env, check=False)
-        assert r.returncode == 2 and "unknown request" in r.stderr
+        assert r.returncode == 2 and "only on an authenticated Binding Update" in r.stderr
         assert ctl(net.ha, sock, "bindings")[0]["care_of_address"] == T.COA1
         # Prometheus text format
         text = net.ha.python("""
