@@ -192,3 +192,45 @@ def test_home_test_init_only_on_the_return_routability_sa(backend):
     got, want = plain.run("decap", tunnelled)
     assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want] == [
         (Verdict.DROP, Reason.POLICY), (Verdict.TO_HOME, Reason.NONE)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extension_headers_only_skipped_where_rfc8200_allows(backend):
+    """RFC 8200 §4 at the home agent's wire side: options with action bits
+    00 (and Pad1/PadN, Router Alert) and routing headers with no segments
+    left are skipped; a hop-by-hop header not first, an unknown option with
+    other action bits (the Jumbo Payload option included), a routing header
+    with segments left (type 0 or 2: the HA would have to act on it) are
+    `malformed`. Headers built with scapy around a scapy-sealed ESP packet;
+    both engines agree."""
+    from scapy.layers.inet6 import (HBHOptUnknown, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop,
+                                    IPv6ExtHdrRouting, Jumbo, RouterAlert)
+    from scapy.packet import Raw
+    topo = make_topo("aes128-sha1", False, backend)
+    sa = scapy_sa(topo, SPI[(MN1, "payload", "in")], COA1, HA)
+    seq = iter(range(1, 100))
+
+    def wire(*ext):
+        esp = bytes(IPv6(bytes(sa.encrypt(IPv6(inner(MN1, CN, 80)), seq_num=next(seq))))[ESP])
+        layers = IPv6(src=ntop(COA1), dst=ntop(HA))
+        for k, h in enumerate(ext):
+            if k == len(ext) - 1:
+                h.nh = 50
+            layers = layers / h
+        return bytes(layers / Raw(esp))
+
+    unknown = lambda t: IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=t, optdata=b"ab")])  # noqa
+    skipped = [wire(IPv6ExtHdrHopByHop(options=[RouterAlert()])),
+               wire(unknown(0x1E)),
+               wire(IPv6ExtHdrRouting(type=0, segleft=0, addresses=[ntop(CN)])),
+               wire(IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt())]
+    refused = [wire(IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop()),
+               wire(unknown(0x7E)), wire(unknown(0xBE)), wire(unknown(0xFE)),
+               wire(IPv6ExtHdrHopByHop(options=[Jumbo(jumboplen=100)])),
+               wire(IPv6ExtHdrRouting(type=0, segleft=1, addresses=[ntop(CN)])),
+               wire(IPv6ExtHdrRouting(type=2, segleft=1, addresses=[ntop(MN1)]))]
+    got, want = topo.run("decap", skipped + refused)
+    assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want]
+    assert [(v, r) for v, r, _ in got] == \
+        [(Verdict.TO_HOME, Reason.NONE)] * len(skipped) + \
+        [(Verdict.DROP, Reason.MALFORMED)] * len(refused)

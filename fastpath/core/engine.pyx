@@ -878,17 +878,27 @@ cdef class Engine:
         cdef uint64_t seq, T
         cdef bint bad = False
         # Walk the extension chain: hop-by-hop, routing, destination options.
+        # Only what RFC 8200 §4 lets a node skip is skipped: a hop-by-hop
+        # header not first, a routing header still to be acted on (segments
+        # left; at a mobile node, a Type 2 header naming one address is its
+        # own, RFC 6275 §6.4) or an option this node would have to understand
+        # (action bits not 00) ends the walk as `malformed`. Reference:
+        # fastpath.ref.ipv6.walk_chain(strict=True).
         while nh == 0 or nh == 43 or nh == 60:
-            if cnt == MAX_EXT_HEADERS or off + 8 > n:
+            if cnt == MAX_EXT_HEADERS or off + 8 > n or (nh == 0 and cnt != 0):
                 bad = True
                 break
             hl = (<int32_t>p[off + 1] + 1) * 8
             if off + hl > n:
                 bad = True
                 break
-            if nh == 43 and p[off + 2] == 2 and hl == 24:
-                rh2 = p + off + 8         # Type 2 Routing Header (RFC 6275 §6.4)
-            if nh == 60:
+            if nh == 43 and p[off + 3] != 0:
+                if t.role != ROLE_HA and p[off + 2] == 2 and hl == 24 and p[off + 3] == 1:
+                    rh2 = p + off + 8     # Type 2 Routing Header (RFC 6275 §6.4)
+                else:
+                    bad = True
+                    break
+            if nh != 43:
                 o = off + 2
                 while o < off + hl:
                     if p[o] == 0:          # Pad1
@@ -901,8 +911,11 @@ cdef class Engine:
                     if o + 2 + ol > off + hl:
                         bad = True
                         break
-                    if p[o] == 201 and ol == 16:
+                    if nh == 60 and p[o] == 201 and ol == 16:
                         hoa = p + o + 2   # Home Address option (RFC 6275 §6.3)
+                    elif p[o] & 0xC0:
+                        bad = True        # unrecognised, and not to be skipped
+                        break
                     o += 2 + ol
                 if bad:
                     break

@@ -228,7 +228,7 @@ class RefEngine:
         if not well_formed(pkt):                                    # 1
             return self._drop(Reason.MALFORMED)
         try:                                                        # 2
-            chain = walk_chain(pkt)
+            chain = walk_chain(pkt, strict=True)
         except ChainError as e:
             return self._drop(e.reason)
         if chain.next_header == NH_ESP:                             # 3

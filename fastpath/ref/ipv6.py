@@ -98,7 +98,8 @@ class Chain(NamedTuple):
     nh_field: int       # offset of the byte holding next_header (6 or an ext header's first byte)
 
 
-def walk_chain(pkt: bytes, start: int = 0, *, options: bool = True) -> Chain:
+def walk_chain(pkt: bytes, start: int = 0, *, options: bool = True,
+               strict: bool = False) -> Chain:
     """Skip hop-by-hop, routing and destination-options headers of the IPv6
     packet at ``pkt[start:]``.
 
@@ -113,6 +114,13 @@ def walk_chain(pkt: bytes, start: int = 0, *, options: bool = True) -> Chain:
     look at what a worker punted (the engine has checked the options): the
     option walk is a Python loop per option byte, ~180 us for one packet of
     Pad1s, which anyone could make the control thread pay per packet.
+
+    strict=True (a home agent's wire side) skips only what RFC 8200 §4 lets
+    a node skip: a hop-by-hop header that is not first, a routing header with
+    segments left (this node would have to act on it) or an option whose
+    action bits are not 00 and that the node does not know (Pad1, PadN, and
+    the HAO in destination options are all it knows) raise
+    ChainError(MALFORMED).
     """
     nh_field = start + 6
     nh = pkt[nh_field]
@@ -127,6 +135,8 @@ def walk_chain(pkt: bytes, start: int = 0, *, options: bool = True) -> Chain:
         size = (pkt[off + 1] + 1) * 8
         if off + size > len(pkt):
             raise ChainError(Reason.MALFORMED, "extension header past the end")
+        if strict:
+            _check_strict(pkt, off, size, nh, count)
         if nh == NH_DSTOPTS and options:
             hoa = find_hao(pkt[off + 2:off + size]) or hoa
         count += 1
@@ -134,6 +144,29 @@ def walk_chain(pkt: bytes, start: int = 0, *, options: bool = True) -> Chain:
         nh = pkt[off]
         off += size
     return Chain(nh, off, hoa, nh_field)
+
+
+def _check_strict(pkt: bytes, off: int, size: int, nh: int, count: int) -> None:
+    """walk_chain(strict=True) for the header at pkt[off:off + size]."""
+    if nh == NH_HOPOPTS and count:
+        raise ChainError(Reason.MALFORMED, "hop-by-hop options header not first")
+    if nh == NH_ROUTING:
+        if pkt[off + 3]:
+            raise ChainError(Reason.MALFORMED, "routing header with segments left")
+        return
+    i, end = off + 2, off + size
+    while i < end:
+        kind = pkt[i]
+        if kind == OPT_PAD1:
+            i += 1
+            continue
+        if i + 2 > end or i + 2 + pkt[i + 1] > end:
+            raise ChainError(Reason.MALFORMED, "option past the end of its header")
+        known = kind == OPT_PADN or (nh == NH_DSTOPTS and kind == OPT_HAO
+                                      and pkt[i + 1] == HAO_LEN)
+        if not known and kind & 0xC0:
+            raise ChainError(Reason.MALFORMED, f"option {kind} must not be skipped")
+        i += 2 + pkt[i + 1]
 
 
 def find_hao(options: bytes) -> bytes | None:
