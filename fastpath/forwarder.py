@@ -173,6 +173,7 @@ class Forwarder:
             w.stop()
         for t in self.threads:
             t.join(timeout=5)
+        undone = self.host is not None
         if self.host is not None:
             self.host.close()
             self.host = None
@@ -185,7 +186,8 @@ class Forwarder:
         if self.lock_fd >= 0:            # last: another run may now take the directory
             os.close(self.lock_fd)
             self.lock_fd = -1
-        log.info("stopped; links, routes and proxy entries removed")
+        if undone:
+            log.info("stopped; what start-up set up (routes, proxy entries, sysctls) is undone")
 
     # -- views ---------------------------------------------------------------------
     def counters(self) -> dict:
@@ -214,7 +216,7 @@ def lock_state_dir(state: Path) -> int:
         state.mkdir(parents=True, exist_ok=True)
         fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        raise OSError(f"state_dir {state}: {e.strerror}") from None
+        raise OSError(f"[home_agent] state_dir {state}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -222,8 +224,8 @@ def lock_state_dir(state: Path) -> int:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         finally:
             os.close(fd)
-        raise RuntimeError(f"state_dir {state}: another fastpath run (pid {holder}) is using "
-                           "it; stop that one first") from None
+        raise RuntimeError(f"[home_agent] state_dir {state}: another fastpath run (pid "
+                           f"{holder}) is using it; stop that one first") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -35,6 +35,11 @@ def collect(fwd) -> dict:
     control = getattr(fwd, "control", None)
     if control is not None:
         out["control"] = control.counters()
+    if fwd.sad is not None:
+        mns = fwd.sad.mobile_nodes()
+        out["state"] = {"mobile_nodes": len(mns),
+                        "bindings": sum(1 for mn in mns if mn["care_of_address"] is not None),
+                        "start_time": getattr(control, "started", None)}
     return out
 
 
@@ -57,6 +62,16 @@ def prometheus(snapshot: dict) -> str:
         lines.append(f"# HELP {name} {help_}")
         lines.append(f"# TYPE {name} {kind}")
 
+    state = snapshot.get("state", {})
+    if state.get("start_time") is not None:
+        family("fastpath_start_time_seconds", "gauge", "When the forwarder started (Unix time).")
+        lines.append(_line("fastpath_start_time_seconds", round(state["start_time"], 3)))
+    if "mobile_nodes" in state:
+        family("fastpath_mobile_nodes", "gauge", "Mobile nodes in the configuration.")
+        lines.append(_line("fastpath_mobile_nodes", state["mobile_nodes"]))
+        family("fastpath_bindings", "gauge", "Mobile nodes with a registered care-of address "
+                                             "(their traffic is tunnelled).")
+        lines.append(_line("fastpath_bindings", state["bindings"]))
     family("fastpath_drops_total", "counter", "Packets dropped, by reason (SPEC §7).")
     for r, n in snapshot["totals"]["drops"].items():
         lines.append(_line("fastpath_drops_total", n, reason=r))

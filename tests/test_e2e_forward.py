@@ -250,6 +250,9 @@ def test_control_socket_and_metrics(net, tmp_path):
             print(urllib.request.urlopen("http://127.0.0.1:9109/metrics", timeout=5).read().decode())
             """).stdout
         assert "# TYPE fastpath_drops_total counter" in text
+        assert "fastpath_bindings 1" in text and "fastpath_mobile_nodes 1" in text
+        started = float(text.split("fastpath_start_time_seconds ")[1].split()[0])
+        assert 0 < time.time() - started < 120
         assert 'fastpath_drops_total{reason="icv"} 0' in text
         assert 'fastpath_sa_packets_total{spi="0x00001040",direction="out"' in text
         assert "fastpath_gso_segments_total 0" in text and "fastpath_offload_errors_total 0" in text

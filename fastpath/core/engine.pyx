@@ -91,16 +91,22 @@ cdef inline bint is_mh_type(const uint8_t *p, int32_t n, uint8_t mh_type) noexce
     return False
 
 
-cdef inline bint rr_selector_ok(fp_sad *t, fp_sa *sa, const uint8_t *p, int32_t n,
-                                 uint8_t rr_type) noexcept nogil:
-    """Inbound tunnel SA selectors for return routability (RFC 3776 §4.2):
-    the RR SA takes only `rr_type` (HoTI at the HA, HoT at the MN); a payload
-    SA takes it only when its node has no RR SA."""
+# Inbound tunnel SA selectors for return routability (RFC 3776 §4.2), one
+# rule per SA (worked out once per run of packets of one SA): the RR SA takes
+# only HoTI (HoT at the MN); a payload SA does not take it when its node has
+# an RR SA; otherwise there is nothing to check.
+cdef enum:
+    RR_NONE = 0
+    RR_ONLY = 1
+    RR_NEVER = 2
+
+
+cdef inline int rr_rule_of(fp_sad *t, fp_sa *sa) noexcept nogil:
     if sa.purpose == PURPOSE_RR:
-        return is_mh_type(p, n, rr_type)
+        return RR_ONLY
     if t.mns[sa.mn].sa[PURPOSE_RR][DIR_IN] >= 0:
-        return not is_mh_type(p, n, rr_type)
-    return True
+        return RR_NEVER
+    return RR_NONE
 
 
 cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
@@ -986,6 +992,7 @@ cdef class Engine:
         cdef Py_ssize_t ss = b.slot_size
         cdef int src = 8 if t.role == ROLE_HA else 24
         cdef uint8_t rr_type = 1 if t.role == ROLE_HA else 3    # HoTI in / HoT in
+        cdef int rr_rule = 0
         cdef int k, i, ok = 0
         cdef int32_t s, cur = -1, plen
         cdef uint8_t nxt
@@ -1007,6 +1014,7 @@ cdef class Engine:
                 hot = &t.hot[s]
                 hi = fp_ld_u64(sa.hoa)
                 lo = fp_ld_u64(sa.hoa + 8)
+                rr_rule = rr_rule_of(t, sa)
                 pk = 0
                 by = 0
                 if self.lock_sleeps:
@@ -1043,7 +1051,7 @@ cdef class Engine:
             # RFC 3776 §4.2: the return-routability SA carries Home Test
             # Init (HoT at the MN) and nothing else; where a node has one,
             # that message may not come on its payload SA.
-            if not rr_selector_ok(t, sa, j.ct, plen, rr_type):
+            if rr_rule and is_mh_type(j.ct, plen, rr_type) != (rr_rule == RR_ONLY):
                 self._verdict(b, i, V_DROP, R_POLICY, s)
                 continue
             c_len[i] = plen                     # (offset: set in pass 1)
