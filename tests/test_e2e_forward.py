@@ -251,7 +251,8 @@ def test_control_socket_and_metrics(net, tmp_path):
             """).stdout
         assert "# TYPE fastpath_drops_total counter" in text
         assert "fastpath_bindings 1" in text and "fastpath_mobile_nodes 1" in text
-        started = float(text.split("fastpath_start_time_seconds ")[1].split()[0])
+        [started] = [float(ln.split()[1]) for ln in text.splitlines()
+                     if ln.startswith("fastpath_start_time_seconds ")]
         assert 0 < time.time() - started < 120
         assert 'fastpath_drops_total{reason="icv"} 0' in text
         assert 'fastpath_sa_packets_total{spi="0x00001040",direction="out"' in text
