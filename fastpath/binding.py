@@ -64,7 +64,9 @@ unless marked otherwise):
   just registered (SPEC §2: IPv6(HA->CoA) . RH2(HoA)); every other BA
   (rejections, deregistrations) goes to the BU's outer source, the only
   address the packet is known to have come from - a refused care-of address
-  may be multicast or worse.
+  may be multicast or worse.  A BU sent from the home link (source = the
+  home address, no HAO, §11.5.4) is answered at the home address without a
+  Type 2 Routing Header (§9.5.4; Engine.seal_mobility).
 * The grace period (SPEC §4): after a move or a deregistration, the BA is
   built only once ``sad.wait_grace()`` returned True.  On a timeout the
   binding stands, no BA leaves (the mobile node retransmits) and
@@ -610,7 +612,8 @@ class BindingCache:
 
 def build_ba_packet(engine, decision: Decision) -> bytes | None:
     """The Binding Ack of `decision` as it goes on the wire (RFC 3776 §3.1):
-    IPv6(HA -> destination) . RH2(HoA) . ESP(binding-out SA) . MH, checksummed
+    IPv6(HA -> destination) . RH2(HoA) . ESP(binding-out SA) . MH (no RH2
+    when the destination is the home address itself), checksummed
     from the HA address to the home address (the RH2 makes the home address
     the final destination, RFC 6275 §6.1.1).  Home-agent engines only.
     None when the binding-out SA has run out of sequence numbers."""

@@ -466,6 +466,39 @@ def test_deregistration_stops_encap(backend, how):
     assert (c["deregistrations"], c["by_status"]) == (1, {0: 4, 133: 1, 135: 1})
 
 
+def test_deregistration_from_the_home_link(backend):
+    """RFC 6275 §11.5.4: back on its home link, the mobile node sends its
+    deregistration from the home address itself, without a Home Address
+    option (RFC 3776 §4.1: the binding SA's selector is the home address
+    either way). The BU is built and sealed by scapy; the binding goes, and
+    the Binding Ack goes straight to the home address, without a Type 2
+    Routing Header (RFC 6275 §9.5.4), sealed on the binding-out SA and
+    opened by scapy. The same BU from any other source is a policy drop."""
+    h = Home(backend)
+    hoa, ha = h.hoa(0), ntop(h.ha)
+    h.send(h.bu(0, 10), now=0.0)
+    assert h.coa(0) == ip(NEW)
+    sa = h.mn(0).sa("binding", "in")
+
+    def home_bu(src, seq, esp_seq):
+        pkt = IPv6(bytes(IPv6(src=src, dst=ha) / MIP6MH_BU(seq=seq, flags="AH", mhtime=0)))
+        return bytes(scapy_sa(sa).encrypt(pkt, seq_num=esp_seq))
+
+    res = h.decap([home_bu(NEW2, 11, 20)])          # no HAO, not from the HoA
+    assert res[0][:2] == (Verdict.DROP, Reason.POLICY) and h.engine.take_bindings() == []
+    d = h.send(home_bu(ntop(hoa), 11, 21), now=5.0)
+    assert (d.status, d.deregistered, d.destination) == (0, True, hoa)
+    assert h.coa(0) is None and h.calls[-1] == ("unbind", hoa)
+    wire = build_ba_packet(h.engine, d)
+    outer = IPv6(wire)
+    assert (outer.src, outer.dst, outer.nh) == (ha, ntop(hoa), 50)
+    assert IPv6ExtHdrRouting not in outer
+    plain = IPv6(bytes(scapy_sa(h.mn(0).sa("binding", "out")).decrypt(outer)))
+    ba = plain[MIP6MH_BA]
+    assert (ba.status, ba.seq, ba.mhtime) == (0, 11, 0)
+    assert mh.parse(bytes(ba), h.ha, hoa) == d.ba                 # checksum HA -> HoA
+
+
 def test_expiry_with_injected_clock(backend):
     h = Home(backend)
     hoa, hoa2 = h.hoa(0), h.hoa(1)

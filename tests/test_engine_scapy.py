@@ -234,3 +234,22 @@ def test_extension_headers_only_skipped_where_rfc8200_allows(backend):
     assert [(v, r) for v, r, _ in got] == \
         [(Verdict.TO_HOME, Reason.NONE)] * len(skipped) + \
         [(Verdict.DROP, Reason.MALFORMED)] * len(refused)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binding_update_without_hao_only_from_the_home_address(backend):
+    """A BU on the binding SA without a Home Address option is a node on its
+    home link (source = HoA): BINDING in both engines; from any other source,
+    `policy`."""
+    import scapy.all  # noqa: F401
+    from scapy.layers.inet6 import MIP6MH_BU
+    topo = make_topo("aes128gcm16", False, backend)
+    sa = scapy_sa(topo, SPI[(MN1, "binding", "in")], HA, HA)
+    sa.tunnel_header = None
+    wire = [bytes(sa.encrypt(IPv6(bytes(IPv6(src=src, dst=ntop(HA))
+                                        / MIP6MH_BU(seq=4, flags="AH", mhtime=0))), seq_num=k))
+            for k, src in ((1, ntop(COA1)), (2, ntop(MN1)))]
+    got, want = topo.run("decap", wire)
+    assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want] == [
+        (Verdict.DROP, Reason.POLICY), (Verdict.BINDING, Reason.NONE)]
+    assert got[1][2] == want[1][2]

@@ -375,9 +375,11 @@ cdef class Engine:
         """A Mobility Header sealed in ESP transport mode on the mobile node's
         binding out SA (RFC 3776 §3.1), as one packet (control plane, not per
         packet). Home agent: IPv6(HA -> peer CoA) . RH2(HoA) . ESP . MH (a
-        Binding Ack). Mobile node: IPv6(peer = own CoA -> HA) . DestOpt(HAO =
-        HoA) . ESP . MH (a Binding Update). Returns None when the SA's sequence
-        numbers are exhausted."""
+        Binding Ack), or IPv6(HA -> HoA) . ESP . MH when the peer is the home
+        address itself (a node deregistering from its home link: no routing
+        header, RFC 6275 §9.5.4). Mobile node: IPv6(peer = own CoA -> HA) .
+        DestOpt(HAO = HoA) . ESP . MH (a Binding Update). Returns None when
+        the SA's sequence numbers are exhausted."""
         from fastpath.core.sad import _addr
         cdef bytes h = _addr(hoa, "home address")
         cdef bytes c = _addr(peer, "peer address")
@@ -412,6 +414,18 @@ cdef class Engine:
         self.crypto.seal(&j, 1)
         if not j.ok:
             raise RuntimeError("ESP seal failed")
+        if self.t.role == ROLE_HA and c == h:
+            q = j.esp - 40
+            memset(q, 0, 40)
+            q[0] = 0x60
+            wr16(q + 4, esp_len)
+            q[6] = 50
+            q[7] = 64
+            memcpy(q + 8, self.t.ha, 16)
+            memcpy(q + 24, <const char *>h, 16)
+            fp_add_u64(&self.t.hot[s].packets, 1)
+            fp_add_u64(&self.t.hot[s].bytes, <uint64_t>len(mh))
+            return PyBytes_FromStringAndSize(<const char *>q, 40 + esp_len)
         q = j.esp - 64
         memset(q, 0, 64)
         q[0] = 0x60
@@ -1111,8 +1125,16 @@ cdef class Engine:
         cdef uint8_t *q
         cdef fp_binding_rec *r
         # Transport mode (binding SA): the HAO (at the HA; the Type 2 Routing
-        # Header at the MN) must name this SA's mobile node.
-        if j.hoa == NULL or memcmp(j.hoa, sa.hoa, 16) != 0:
+        # Header at the MN) must name this SA's mobile node. At the HA a BU
+        # without HAO comes from the home address itself: a mobile node back
+        # on its home link deregistering (RFC 6275 §11.5.4; RFC 3776 §4.1's
+        # selector is the home address either way).
+        if j.hoa == NULL:
+            if (self.t.role != ROLE_HA
+                    or memcmp(j.esp - j.esp_off + 8, sa.hoa, 16) != 0):
+                self._verdict(b, i, V_DROP, R_POLICY, s)
+                return -1
+        elif memcmp(j.hoa, sa.hoa, 16) != 0:
             self._verdict(b, i, V_DROP, R_POLICY, s)
             return -1
         if nxt != 135:

@@ -278,7 +278,10 @@ class RefEngine:
                 return self._drop(Reason.POLICY, sa)
             self._count(sa, "in", len(payload))
             return self._emit(Verdict.TO_HOME, payload)
-        if chain.hoa != sa.hoa:
+        # No HAO: a BU from the home address itself (a node back on its home
+        # link deregistering, RFC 6275 §11.5.4).
+        hoa = chain.hoa if chain.hoa is not None else pkt[8:24]
+        if hoa != sa.hoa:
             return self._drop(Reason.POLICY, sa)
         if nh != NH_MH:
             return self._drop(Reason.MALFORMED, sa)
