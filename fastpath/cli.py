@@ -314,7 +314,7 @@ def _int_in(lo: int, hi: int, why: str):
 
 
 MAX_BATCH = 4096      # a batch is preallocated per worker: 4096 slots x 2 KiB = 8 MiB
-MAX_WORKERS = 256     # the kernel's limit on the queues of a multi-queue TUN
+MAX_WORKERS = 63      # the SA table has 64 engine slots (sad.pxd); one is the control thread's
 
 
 def _ipv6_address(text: str) -> str:
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
             set up. One run per state_dir: a second one is refused, as is a
             --control-socket or --metrics port another run serves."""))
     _add_common(sp)
-    sp.add_argument("--workers", type=_int_in(1, MAX_WORKERS, "TUN queues per device"),
+    sp.add_argument("--workers", type=_int_in(1, MAX_WORKERS, "engine slots of the SA table"),
                     default=1, metavar="N",
                     help=f"worker threads, one TUN queue each (multi-queue when N > 1; "
                          f"1..{MAX_WORKERS}; default: %(default)s)")

@@ -378,7 +378,7 @@ def test_tshark_decrypts_with_keys_output(capsys, tmp_path, path):
 
 @pytest.mark.parametrize("argv,says", [
     (("run", "-c", HA, "--batch", "100000"), "out of range 1..4096"),
-    (("run", "-c", HA, "--workers", "300"), "out of range 1..256"),
+    (("run", "-c", HA, "--workers", "64"), "out of range 1..63"),
     (("run", "-c", HA, "--home-address", "banana"), "'banana' is not an IPv6 address"),
     (("replay", "-c", HA, "--in", "a", "--out", "b", "--batch", "5000"), "out of range"),
 ])
