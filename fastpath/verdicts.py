@@ -26,6 +26,7 @@ class Reason(enum.IntEnum):
     TOO_BIG = 8
     SEQ_EXHAUSTED = 9
     DUMMY = 10         # ESP next header 59: RFC 4303 §2.6 dummy packet
+    CONGESTION = 11    # outer ECN CE over a not-ECN-capable inner packet (RFC 6040 §4.2)
 
 
 REASON_NAMES = [r.name.lower() for r in Reason]

@@ -617,6 +617,9 @@ def test_every_reason_and_exact_counters(backend):
     e1 = mn_esp(topo, MN1, "payload", good, seq=1)
     flipped = bytearray(mn_esp(topo, MN1, "payload", good, seq=2))
     flipped[-1] ^= 1
+    ce = bytearray(outer(COA2, HA, 41, inner(MN2, CN, 70)))
+    ce[1] |= 0x30                       # outer ECN CE; the inner packet is Not-ECT
+    ce_over_not_ect = bytes(ce)
     wire = [
         e1,                                                               # TO_HOME
         bytes(flipped),                                                   # icv
@@ -633,6 +636,7 @@ def test_every_reason_and_exact_counters(backend):
         outer(COA2, HA, 41, inner(MN3, CN, 70)),                          # no_binding
         outer(COA1, HA, 135, bu_mh()),                                    # PUNT
         bu_packet(topo, 1),                                               # BINDING
+        ce_over_not_ect,                                                  # congestion
     ]
     fix = bytearray(wire[8])
     fix[4:6] = struct.pack("!H", len(fix) - 40)
@@ -642,17 +646,17 @@ def test_every_reason_and_exact_counters(backend):
         (TO_HOME, 0), (DROP, R.ICV), (DROP, R.BAD_PADDING), (DROP, R.POLICY), (DROP, R.DUMMY),
         (TO_HOME, 0), (DROP, R.UNKNOWN_SPI), (DROP, R.MALFORMED), (DROP, R.MALFORMED),
         (DROP, R.MALFORMED), (TO_HOME, 0), (DROP, R.POLICY), (DROP, R.NO_BINDING),
-        (PUNT, 0), (BINDING, 0)]
+        (PUNT, 0), (BINDING, 0), (DROP, R.CONGESTION)]
     got = check(topo, "decap", [e1])
     assert vr(got) == [(DROP, R.REPLAY)]
     # Totals, computed by hand from the two scripts above.
     expect_drops = {"unknown_spi": 1, "replay": 1, "icv": 1, "bad_padding": 1, "policy": 2,
                     "malformed": 4, "no_binding": 3, "too_big": 2, "seq_exhausted": 1,
-                    "dummy": 1}
+                    "dummy": 1, "congestion": 1}
     c = topo.engine.counters()
     assert c["drops"] == expect_drops
     assert set(expect_drops) == {r.name.lower() for r in Reason if r}
-    assert c["verdicts"] == {"drop": 16, "to_wire": 5, "to_home": 4, "punt": 1, "binding": 1}
+    assert c["verdicts"] == {"drop": 17, "to_wire": 5, "to_home": 4, "punt": 1, "binding": 1}
     per_sa = {(s["spi"], s["direction"]): s for s in sad.sas()}
     n_out = lambda s: (s["packets_out"], s["bytes_out"])  # noqa: E731
     n_in = lambda s: (s["packets_in"], s["bytes_in"])  # noqa: E731

@@ -253,3 +253,51 @@ def test_binding_update_without_hao_only_from_the_home_address(backend):
     assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want] == [
         (Verdict.DROP, Reason.POLICY), (Verdict.BINDING, Reason.NONE)]
     assert got[1][2] == want[1][2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_traffic_class_and_ecn_across_the_tunnel(backend):
+    """RFC 4301 §5.1.2.1 / RFC 6040 normal mode, with scapy on the other
+    side. Encapsulation copies the inner traffic class (DSCP and ECN) into
+    the outer header, ESP and plain alike. Decapsulation: congestion marked
+    on the outer header (CE) becomes CE on an ECN-capable inner packet, and
+    drops (`congestion`) a not-ECN-capable one; other outer marks leave the
+    inner packet as it was. Both engines agree."""
+    from scapy.packet import Raw
+    from topo import COA2, MN2
+    topo = make_topo("aes128gcm16", False, backend)
+    ef_ect0 = 0xB8 | 0x2                      # DSCP EF, ECT(0)
+
+    def pkt(src, dst, tc):
+        return bytes(IPv6(src=ntop(src), dst=ntop(dst), tc=tc, nh=17) / (b"\x00" * 40))
+
+    got, want = topo.run("encap", [pkt(CN, MN1, ef_ect0), pkt(CN, MN2, ef_ect0)])
+    assert [g[2] for g in got] == [w[2] for w in want]
+    esp_out, plain_out = IPv6(got[0][2]), IPv6(got[1][2])
+    assert (esp_out.tc, esp_out.fl, esp_out.nh) == (ef_ect0, 0, 50)
+    assert (plain_out.tc, plain_out.fl, plain_out.nh) == (ef_ect0, 0, 41)
+    sa_out = scapy_sa(topo, SPI[(MN1, "payload", "out")], HA, COA1)
+    assert bytes(sa_out.decrypt(esp_out)) == pkt(CN, MN1, ef_ect0)
+
+    sa_in = scapy_sa(topo, SPI[(MN1, "payload", "in")], COA1, HA)
+    seq = iter(range(1, 10))
+
+    def esp_in(outer_tc, inner_tc):
+        sealed = IPv6(bytes(sa_in.encrypt(IPv6(pkt(MN1, CN, inner_tc)), seq_num=next(seq))))
+        sealed.tc = outer_tc
+        return bytes(sealed)
+
+    def plain_in(outer_tc, inner_tc):
+        return bytes(IPv6(src=ntop(COA2), dst=ntop(HA), tc=outer_tc, nh=41) /
+                     Raw(pkt(MN2, CN, inner_tc)))
+
+    wire = [esp_in(0x03, 0xB8 | 0x2), esp_in(0x03, 0xB8), esp_in(0x01, 0xB8),
+            plain_in(0x03, 0x1), plain_in(0x03, 0x0), plain_in(0x02, 0x1)]
+    got, want = topo.run("decap", wire)
+    assert [(v, r, p) for v, r, p in got] == [(v, r, p) for v, r, p in want]
+    assert [(v, r) for v, r, _ in got] == [
+        (Verdict.TO_HOME, Reason.NONE), (Verdict.DROP, Reason.CONGESTION),
+        (Verdict.TO_HOME, Reason.NONE), (Verdict.TO_HOME, Reason.NONE),
+        (Verdict.DROP, Reason.CONGESTION), (Verdict.TO_HOME, Reason.NONE)]
+    assert [IPv6(got[k][2]).tc for k in (0, 2, 3, 5)] == [0xB8 | 0x3, 0xB8, 0x3, 0x1]
+    assert IPv6(got[0][2]).src == ntop(MN1) and IPv6(got[3][2]).src == ntop(MN2)

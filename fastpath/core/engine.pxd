@@ -23,6 +23,7 @@ cdef enum:
     R_TOO_BIG = 8
     R_SEQ_EXHAUSTED = 9
     R_DUMMY = 10
+    R_CONGESTION = 11
     MAX_EXT_HEADERS = 8
     BINDING_MAX = 2048      # largest decapsulated BU/MH packet handed to the control plane
     RND_BYTES = 16384       # CBC IVs drawn in bulk

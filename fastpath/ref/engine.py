@@ -181,7 +181,7 @@ class RefEngine:
         if sa is None:      # plain IPv6-in-IPv6 (RFC 2473)
             if ipv6.HEADER_LEN + len(pkt) > self.mtu and len(pkt) > ipv6.MIN_MTU:  # 4
                 return self._too_big(pkt, self.mtu - ipv6.HEADER_LEN, None)
-            return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_IPV6, pkt))
+            return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_IPV6, pkt, pkt))
         if (ipv6.HEADER_LEN + sa.esp.sealed_len(len(pkt)) > self.mtu    # 4
                 and len(pkt) > ipv6.MIN_MTU):
             return self._too_big(pkt, sa.esp.max_payload(self.mtu - ipv6.HEADER_LEN), sa)
@@ -192,7 +192,7 @@ class RefEngine:
         esp = sa.esp.seal(seq, pkt, NH_IPV6, iv)                    # 6
         sa.seq = seq
         self._count(sa, "out", len(pkt))
-        return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_ESP, esp))
+        return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_ESP, esp, pkt))
 
     def _too_big(self, pkt: bytes, inner_mtu: int, sa: SaEntry | None) -> Result:
         """RFC 2473 §7.1 / RFC 4459: a packet the tunnel cannot carry is answered
@@ -208,8 +208,11 @@ class RefEngine:
         self._verdicts["to_home"] += 1
         return Verdict.TO_HOME, Reason.TOO_BIG, ptb
 
-    def _outer(self, mn: MobileNode, nh: int, payload: bytes) -> bytes:
-        return ipv6_header(self.ha_address, mn.coa, nh, len(payload), OUTER_HOP_LIMIT) + payload
+    def _outer(self, mn: MobileNode, nh: int, payload: bytes, inner: bytes) -> bytes:
+        # the inner traffic class, DSCP and ECN, is copied (RFC 4301 §5.1.2.1,
+        # RFC 6040 normal mode); the flow label stays 0
+        return ipv6_header(self.ha_address, mn.coa, nh, len(payload), OUTER_HOP_LIMIT,
+                           ipv6.traffic_class(inner)) + payload
 
     # --- inbound --------------------------------------------------------------
 
@@ -276,6 +279,9 @@ class RefEngine:
             has_rr = ("return-routability", "in") in self._mns[sa.hoa].sas
             if (sa.purpose == "return-routability") != (hoti and has_rr):
                 return self._drop(Reason.POLICY, sa)
+            payload = ipv6.ecn_decap(pkt, payload)
+            if payload is None:
+                return self._drop(Reason.CONGESTION, sa)
             self._count(sa, "in", len(payload))
             return self._emit(Verdict.TO_HOME, payload)
         # No HAO: a BU from the home address itself (a node back on its home
@@ -307,6 +313,9 @@ class RefEngine:
             return self._drop(Reason.POLICY)  # ... and so must its HoTI
         if pkt[8:24] != mn.coa:             # RFC 6275 §10.4.5
             return self._drop(Reason.POLICY)
+        inner = ipv6.ecn_decap(pkt, inner)
+        if inner is None:
+            return self._drop(Reason.CONGESTION)
         return self._emit(Verdict.TO_HOME, inner)
 
     # --- transport-mode packets (Binding Ack; BUs in tests) ---------------------

@@ -50,9 +50,29 @@ def ntop(a: bytes) -> str:
     return str(ipaddress.IPv6Address(bytes(a)))
 
 
-def ipv6_header(src: bytes, dst: bytes, nh: int, plen: int, hlim: int = 64) -> bytes:
-    """Fixed header, version 6, traffic class 0, flow label 0."""
-    return struct.pack("!IHBB", 6 << 28, plen, nh, hlim) + addr(src) + addr(dst)
+def ipv6_header(src: bytes, dst: bytes, nh: int, plen: int, hlim: int = 64,
+                tc: int = 0) -> bytes:
+    """Fixed header, version 6, traffic class `tc`, flow label 0."""
+    return struct.pack("!IHBB", 6 << 28 | tc << 20, plen, nh, hlim) + addr(src) + addr(dst)
+
+
+def traffic_class(pkt: bytes) -> int:
+    return (pkt[0] & 0x0F) << 4 | pkt[1] >> 4
+
+
+ECN_CE = 3
+
+
+def ecn_decap(outer: bytes, inner: bytes) -> bytes | None:
+    """RFC 6040 §4.2 (normal mode) at decapsulation: the inner packet as it
+    leaves the tunnel - unchanged unless the outer header says congestion
+    (CE): then an ECN-capable inner packet is marked CE and a not-ECN-capable
+    one is dropped (None)."""
+    if traffic_class(outer) & 3 != ECN_CE:
+        return inner
+    if traffic_class(inner) & 3 == 0:
+        return None
+    return inner[:1] + bytes([inner[1] | 0x30]) + inner[2:]
 
 
 class IPv6Header(NamedTuple):
