@@ -138,6 +138,20 @@ cdef class PuntRing:
         return self.overflow
 
 
+cdef inline uint32_t frag_ident(uint32_t counter, const uint32_t *key) noexcept nogil:
+    """The fragment Identification for the counter's value: a keyed bijection
+    of 32 bits (xor, odd multiplies, xorshifts), so identifications stay
+    unique for 2^32 fragmented packets yet do not count up where an
+    off-path node could guess the next one and inject a fragment into the
+    reassembly at the care-of address (RFC 7739 §5)."""
+    cdef uint32_t x = counter ^ key[0]
+    x *= key[1]
+    x ^= x >> 16
+    x *= key[2]
+    x ^= x >> 15
+    return x
+
+
 cdef class Worker:
     """One thread's forwarding loop over one queue of each TUN."""
     cdef Engine engine
@@ -160,7 +174,8 @@ cdef class Worker:
     cdef int lowrate                  # bit per side: one packet per wake-up lately (see _read_cap)
     cdef uint32_t lr_rounds[2]
     cdef readonly int mtu             # wire MTU: longer outer packets leave fragmented
-    cdef uint32_t frag_id
+    cdef uint32_t frag_id             # counter behind the fragment Identification ...
+    cdef uint32_t frag_key[3]         # ... which leaves permuted: see frag_ident()
     cdef uint64_t fragmented
     cdef uint8_t frag_buf[FRAG_BUF]
     # IFF_VNET_HDR on the home TUN: TSO super-packets split on read, TCP
@@ -208,7 +223,11 @@ cdef class Worker:
         if mtu < 1280:
             raise ValueError("the wire MTU is at least 1280 (RFC 8200)")
         self.mtu = mtu
-        self.frag_id = <uint32_t>int.from_bytes(__import__("os").urandom(4), "big")
+        rnd = __import__("os").urandom(16)
+        self.frag_id = <uint32_t>int.from_bytes(rnd[:4], "big")
+        self.frag_key[0] = <uint32_t>int.from_bytes(rnd[4:8], "big")
+        self.frag_key[1] = <uint32_t>int.from_bytes(rnd[8:12], "big") | 1    # odd: invertible
+        self.frag_key[2] = <uint32_t>int.from_bytes(rnd[12:16], "big") | 1
         self.home_vnet = home_vnet
         self.punt_rate = PUNT_RATE
         self.punt_burst = PUNT_BURST
@@ -494,7 +513,7 @@ cdef class Worker:
         cdef int32_t room = (self.mtu - 48) & ~7
         cdef int32_t off = 0, part
         cdef uint8_t *q = self.frag_buf
-        cdef uint32_t ident = self.frag_id
+        cdef uint32_t ident = frag_ident(self.frag_id, self.frag_key)
         self.frag_id += 1
         self.fragmented += 1
         while off < n - 40:
