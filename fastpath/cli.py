@@ -124,12 +124,18 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from fastpath import seqstore
     cfg = load(args.config)
     ha, ifs = cfg.home_agent, cfg.interfaces
     n_sa = sum(len(mn.sas) for mn in cfg.mobile_nodes)
     print(f"config        {cfg.path}")
     print(f"home agent    {ha.address}   home prefix {ha.home_prefix}   MTU {ha.mtu}")
-    print(f"state dir     {ha.state_dir}")
+    try:
+        state = seqstore.describe(ha.state_dir)
+    except RuntimeError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    print(f"state dir     {ha.state_dir}   {state}")
     print(f"interfaces    home {ifs.home}   wire {ifs.wire}   proxy NDP "
           f"{'on ' + ifs.home_link if ifs.home_link else 'off'}")
     if ha.allow_manual_aead:

@@ -54,6 +54,30 @@ class _Reservation:
     rate: float = 0.0     # numbers per second, smoothed
 
 
+def describe(state_dir) -> str:
+    """What `fastpath check` says about the state directory; RuntimeError
+    when `fastpath run` would refuse to start on it."""
+    d = Path(state_dir)
+    if not d.exists():
+        return "(not there yet: created at the first run)"
+    if not d.is_dir():
+        raise RuntimeError(f"[home_agent] state_dir {d}: exists and is not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise RuntimeError(f"[home_agent] state_dir {d}: not writable by this user")
+    path = d / FILE
+    if not path.exists():
+        return "(no sequence reservations yet)"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"{path}: unreadable sequence reservations ({e}); "
+                           "fastpath run would refuse to start") from None
+    if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+        raise RuntimeError(f"{path}: malformed sequence reservations; "
+                           "fastpath run would refuse to start")
+    return f"({len(data)} sequence reservation{'s' if len(data) != 1 else ''})"
+
+
 class SequenceStore:
     """Owns the reservations of every outbound SA of one SA table."""
 

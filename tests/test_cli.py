@@ -417,3 +417,23 @@ def test_ctl_text_views_read_as_text():
     assert "home=3, wire=4" in counters and "'" not in counters
     rows = cli._ctl_text("bindings", [{"home_address": "2001:db8::1", "care_of_address": None}])
     assert "None" not in rows and rows.splitlines()[1].split() == ["2001:db8::1", "-"]
+
+
+def test_check_looks_at_the_state_dir(capsys, tmp_path):
+    """check says what run would find in state_dir, and fails (exit 2, the
+    file named) where run would refuse to start."""
+    from fastpath.seqstore import FILE
+    state = tmp_path / "state"
+    cfg = tmp_path / "ha.toml"
+    text = HA.read_text()
+    assert 'state_dir = "/tmp/fastpath-example-state"' in text
+    cfg.write_text(text.replace('"/tmp/fastpath-example-state"', f'"{state}"'))
+    rc, out, err = run(capsys, "check", "-c", cfg)
+    assert rc == 0 and f"state dir     {state}   (not there yet" in out
+    state.mkdir()
+    (state / FILE).write_text('{"00001001:abcd": 1048576}')
+    rc, out, err = run(capsys, "check", "-c", cfg)
+    assert rc == 0 and "(1 sequence reservation)" in out
+    (state / FILE).write_text("{broken")
+    rc, out, err = run(capsys, "check", "-c", cfg)
+    assert rc == 2 and str(state / FILE) in err and "would refuse to start" in err
