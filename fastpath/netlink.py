@@ -267,6 +267,7 @@ class HostSetup:
         self._proxies: dict[IPv6Address, tuple[int, str]] = {}
         self._addrs: list[tuple[IPv6Address, int, str]] = []
         self._sysctls: list[tuple[str, str]] = []             # (name, old value)
+        self._links: list[tuple[int, str, tuple]] = []        # (idx, name, (mtu, qlen, up))
         self._sysctl_file = Path(state_dir) / SYSCTL_FILE if state_dir is not None else None
         self._bound: set[IPv6Address] = set()
 
@@ -402,10 +403,19 @@ class HostSetup:
                 f.write("1")
         except OSError as e:
             log.debug("addr_gen_mode on %s: %s", ifname, e)
+        # A persistent TUN (ip tuntap add) outlives us: what we change on it
+        # is put back by _undo, as a sysctl would be.
+        try:
+            [link] = self._ipr.get_links(idx)
+            before = (link.get("IFLA_MTU"), link.get("IFLA_TXQLEN"), link["flags"] & 1)
+        except Exception:
+            before = None
         try:
             self._ipr.link("set", index=idx, mtu=mtu, txqlen=self.queue_len, state="up")
         except Exception as e:
             raise HostSetupError(f"cannot set {ifname} up with MTU {mtu}: {e}") from None
+        if before is not None and before != (mtu, self.queue_len, 1):
+            self._links.append((idx, ifname, before))
         log.info("link %s up, mtu %d, queue %d packets", ifname, mtu, self.queue_len)
 
     # -- routes -----------------------------------------------------------------------
@@ -708,6 +718,14 @@ class HostSetup:
                             f"address {addr}/128 on {ifname}"):
                 log.info("address %s/128 on %s removed", addr, ifname)
         self._addrs.clear()
+        for idx, ifname, (mtu, qlen, up) in reversed(self._links):
+            # only a link that is still there: a TUN without persist went with its fds
+            if self._delete(lambda: self._ipr.link("set", index=idx, mtu=mtu, txqlen=qlen,
+                                                   state="up" if up else "down"),
+                            f"link {ifname} settings"):
+                log.info("link %s back to mtu %s, queue %s, %s", ifname, mtu, qlen,
+                         "up" if up else "down")
+        self._links.clear()
         for name, old in reversed(self._sysctls):
             try:
                 with open(_sysctl_path(name), "w") as f:

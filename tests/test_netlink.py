@@ -421,3 +421,31 @@ def test_topology_smoke():
         names.append(atk.name)
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in left for n in names)
+
+
+def test_a_persistent_tun_gets_its_settings_back(ns, cfg):
+    """A TUN an operator created (ip tuntap add: persistent) outlives the
+    forwarder; its MTU, queue length and up/down state are put back on
+    close, as the sysctls are."""
+    from fastpath.netlink import HostSetup
+
+    def link(name):
+        return ns.ip("link", "show", name).stdout
+
+    for name in (HOME, WIRE):
+        ns.ip("tuntap", "add", "dev", name, "mode", "tun")
+        ns.ip("link", "set", name, "mtu", "1400", "txqueuelen", "100")
+    fds = tuns(ns)
+    try:
+        h = HostSetup(cfg, netns=ns.name)
+        h.setup()
+        assert "mtu 1500" in link(HOME) and "qlen 100 " not in link(HOME) + " "
+        assert ",UP" in link(WIRE)
+        h.close()
+        for name in (HOME, WIRE):
+            text = link(name)
+            assert "mtu 1400" in text and "qlen 100" in text and ",UP" not in text, text
+    finally:
+        close_all(fds)
+        for name in (HOME, WIRE):
+            ns.ip("link", "del", name, check=False)
