@@ -209,6 +209,7 @@ class ControlPlane:
         self._punt_spent = 0.0            # ... and the CPU seconds spent on punts in it
         self._drops_seen: dict = {}       # totals at the last _log_drops()
         self._exhausted_seen: dict = {}   # SPI -> seq_exhausted drops at the last one
+        self._ptb_logged: dict = {}       # CoA -> when a Packet Too Big about it was logged
         fwd.control = self
         if fwd.opts.role == "home-agent":
             try:
@@ -369,6 +370,35 @@ class ControlPlane:
             return
         nh = pkt[6] if len(pkt) > 6 else -1
         self.events[f"punt.next_header_{nh}"] += 1
+        if nh == 58:
+            self._packet_too_big(pkt)
+
+    def _packet_too_big(self, pkt: bytes) -> None:
+        """An ICMPv6 Packet Too Big about one of our tunnel packets (it quotes
+        an outer header from the HA address) says the path to that care-of
+        address is narrower than the tunnel MTU: packets that fill the
+        tunnel are being lost. There is no per-CoA path MTU to lower (it is
+        unauthenticated, anyone can send it), so it is counted and logged -
+        once a minute per CoA - for the operator, who can lower
+        [home_agent] mtu."""
+        if len(pkt) < 48 + 40 or pkt[40] != 2:
+            return
+        mtu = int.from_bytes(pkt[44:48], "big")
+        quoted = pkt[48:]
+        ha = self.fwd.cfg.home_agent.address.packed
+        if quoted[0] >> 4 != 6 or quoted[8:24] != ha:
+            return
+        self.events["punt.packet_too_big"] += 1
+        coa = quoted[24:40]
+        now = time.monotonic()
+        if now - self._ptb_logged.get(coa, -1e9) < 60.0 or len(self._ptb_logged) > 4096:
+            return
+        self._ptb_logged[coa] = now
+        import ipaddress
+        log.warning("ICMPv6 Packet Too Big from %s: the path to care-of address %s takes %d "
+                    "bytes, the tunnel sends up to %d; full-size tunnel packets to it are lost "
+                    "(lower [home_agent] mtu)", ipaddress.IPv6Address(pkt[8:24]),
+                    ipaddress.IPv6Address(coa), mtu, self.fwd.cfg.home_agent.mtu)
 
     def _decap_reassembled(self, pkt: bytes, decisions: list) -> None:
         """One reassembled wire-side packet through the control thread's own

@@ -67,3 +67,35 @@ def test_drops_summed_up_and_exhaustion_warned(caplog):
     assert recs[2][0] == "WARNING" and f"SA 0x{spi:08x} (payload out" in recs[2][1]
     assert "2 packets dropped" in recs[2][1] and "new key" in recs[2][1]
     assert len(recs) == 3
+
+
+def test_packet_too_big_about_a_tunnel_packet_is_counted_and_logged(caplog, monkeypatch):
+    """A Packet Too Big (built by scapy) quoting one of our tunnel packets
+    is counted and logged once a minute per care-of address; one quoting
+    somebody else's packet is only counted as ICMPv6."""
+    from collections import Counter
+    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
+    ha, coa, router = "2001:db8:ffff::1", "2001:db8:3::10", "2001:db8:9::1"
+    now = [100.0]
+    monkeypatch.setattr(control.time, "monotonic", lambda: now[0])
+    fwd = SimpleNamespace(cfg=SimpleNamespace(home_agent=SimpleNamespace(
+        address=__import__("ipaddress").IPv6Address(ha), mtu=1500)))
+    cp = SimpleNamespace(fwd=fwd, events=Counter(), _ptb_logged={}, bindings=None,
+                         _packet_too_big=lambda p: control.ControlPlane._packet_too_big(cp, p))
+
+    def ptb(quoted_src):
+        inner = IPv6(src=quoted_src, dst=coa, nh=50) / (b"\x00" * 1400)
+        return bytes(IPv6(src=router, dst=ha) / ICMPv6PacketTooBig(mtu=1400) / bytes(inner)[:1232])
+
+    with caplog.at_level(logging.INFO, logger="fastpath.control"):
+        for _ in range(3):
+            control.ControlPlane._punt(cp, ptb(ha), [])
+        now[0] += 61
+        control.ControlPlane._punt(cp, ptb(ha), [])
+        control.ControlPlane._punt(cp, ptb("2001:db8:7::7"), [])
+    assert cp.events["punt.packet_too_big"] == 4 and cp.events["punt.next_header_58"] == 5
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 2
+    assert lines[0] == ("ICMPv6 Packet Too Big from 2001:db8:9::1: the path to care-of address "
+                        "2001:db8:3::10 takes 1400 bytes, the tunnel sends up to 1500; full-size "
+                        "tunnel packets to it are lost (lower [home_agent] mtu)")
