@@ -132,14 +132,11 @@ def _bind_ctl(path: str, bind_at: str) -> socket.socket:
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"--control-socket {path}: exists and is not a socket; "
                           "refusing to replace it")
-        # a socket nobody answers on is left by a killed run: publish() replaces it
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
-        except ConnectionRefusedError:
-            pass
         except OSError:
-            pass                        # let bind() say what is wrong
+            pass    # nobody answers: left by a killed run, publish() replaces it
         else:
             raise OSError(f"--control-socket {path}: another fastpath run is serving it; "
                           "stop it first or give this one another --control-socket")
@@ -156,7 +153,7 @@ def _bind_ctl(path: str, bind_at: str) -> socket.socket:
         sock.listen(16)
     except OSError as e:
         sock.close()
-        raise OSError(f"--control-socket {path}: {e.strerror}") from None
+        raise OSError(f"--control-socket {path}: {e.strerror or e}") from None
     finally:
         os.umask(old)
     os.chmod(bind_at, 0o600)
@@ -181,7 +178,7 @@ def _bind_metrics(addr: str) -> socket.socket:
         sock.listen(64)
     except OSError as e:
         sock.close()
-        raise OSError(f"--metrics {addr}: {e.strerror}") from None
+        raise OSError(f"--metrics {addr}: {e.strerror or e}") from None
     sock.setblocking(False)
     return sock
 

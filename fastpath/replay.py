@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -170,8 +172,10 @@ class _Output:
     is refused: it would be truncated before it is read."""
 
     def __init__(self, in_path, out_path):
-        import os
-        import stat
+        if hasattr(out_path, "write"):          # a file object: the caller's to manage
+            self.path, self.tmp = None, None
+            self.writer = pcap.PcapWriter(out_path)
+            return
         self.path = os.fspath(out_path)
         try:
             st = os.stat(self.path)
@@ -179,7 +183,8 @@ class _Output:
             st = None
         except OSError as e:
             raise pcap.PcapError(f"{self.path}: {e.strerror}") from None
-        if st is not None and os.path.samestat(st, os.stat(in_path)):
+        if (st is not None and not hasattr(in_path, "read")
+                and os.path.samestat(st, os.stat(in_path))):
             raise pcap.PcapError(f"{self.path}: this is the input capture; "
                                  "give --out another file")
         direct = st is not None and not stat.S_ISREG(st.st_mode)
@@ -190,7 +195,6 @@ class _Output:
         return self.writer
 
     def __exit__(self, exc_type, *_):
-        import os
         try:
             self.writer.close()
         except BaseException:
@@ -212,7 +216,6 @@ class _Output:
 
 
 def _unlink(path) -> None:
-    import os
     try:
         os.unlink(path)
     except FileNotFoundError:
