@@ -587,6 +587,7 @@ class BindingCache:
                 "lifetime_left": left,
                 "last_sequence": e.last_sequence,
                 "flags": "".join(k if e.flags.get(k) else "-" for k in "AHLK"),
+                "path_mtu": self.sad.path_mtu(hoa),     # lowered by Packet Too Big, aged out
             })
         return out
 

@@ -35,6 +35,8 @@ PUNT_RATE = 10000.0
 PUNT_CPU_SHARE = 0.2      # of each second of this thread, at most this on punts (then shed)
 REASSEMBLY_CHECK_S = 1.0  # how often stale fragments are dropped (they wait 60 s)
 DROP_LOG_S = 10.0         # how often new drops are summed up in the log
+PMTU_HOLD_S = 10.0        # a CoA's path MTU is lowered at most this often
+PMTU_AGE_S = 600.0        # ... and goes back to the configured MTU after this (RFC 8201 §4)
 MAX_REASSEMBLED = 40 + 65535   # the largest packet reassembly can produce
 CTL_COMMANDS = ("status", "bindings", "sas", "counters")
 
@@ -206,7 +208,7 @@ class ControlPlane:
         self._punt_spent = 0.0            # ... and the CPU seconds spent on punts in it
         self._drops_seen: dict = {}       # totals at the last _log_drops()
         self._exhausted_seen: dict = {}   # SPI -> seq_exhausted drops at the last one
-        self._ptb_logged: dict = {}       # CoA -> when a Packet Too Big about it was logged
+        self._pmtu: dict = {}             # CoA -> (lowered path MTU, when): see _packet_too_big
         fwd.control = self
         if fwd.opts.role == "home-agent":
             try:
@@ -251,7 +253,8 @@ class ControlPlane:
         timers = [asyncio.ensure_future(self._every(self._sequence_check_s,
                                                     self._extend_sequences)),
                   asyncio.ensure_future(self._every(REASSEMBLY_CHECK_S, self._expire_fragments)),
-                  asyncio.ensure_future(self._every(DROP_LOG_S, self._log_drops))]
+                  asyncio.ensure_future(self._every(DROP_LOG_S, self._log_drops)),
+                  asyncio.ensure_future(self._every(DROP_LOG_S, self._age_path_mtu))]
         if self.bindings is not None:
             timers.append(asyncio.ensure_future(self._every(1.0, self._expire)))
         if self.registration is not None:
@@ -372,30 +375,57 @@ class ControlPlane:
 
     def _packet_too_big(self, pkt: bytes) -> None:
         """An ICMPv6 Packet Too Big about one of our tunnel packets (it quotes
-        an outer header from the HA address) says the path to that care-of
-        address is narrower than the tunnel MTU: packets that fill the
-        tunnel are being lost. There is no per-CoA path MTU to lower (it is
-        unauthenticated, anyone can send it), so it is counted and logged -
-        once a minute per CoA - for the operator, who can lower
-        [home_agent] mtu."""
-        if len(pkt) < 48 + 40 or pkt[40] != 2:
+        an outer header from the HA address, longer than the MTU it reports)
+        lowers the path MTU toward that care-of address (RFC 8201): larger
+        inner packets then get a Packet Too Big of their own from the engine
+        (RFC 2473 §7.1, RFC 4459) and their senders adapt, instead of being
+        lost on the narrow path. It is unauthenticated, so it only ever
+        lowers, at most once per PMTU_HOLD_S per CoA, never below 1280, and
+        ages out after PMTU_AGE_S (RFC 8201 §4)."""
+        if len(pkt) < 48 + 40 or pkt[40] != 2 or not self._is_ha():
             return
         mtu = int.from_bytes(pkt[44:48], "big")
         quoted = pkt[48:]
-        ha = self.fwd.cfg.home_agent.address.packed
-        if quoted[0] >> 4 != 6 or quoted[8:24] != ha:
+        cfg_mtu = self.fwd.cfg.home_agent.mtu
+        if (quoted[0] >> 4 != 6 or quoted[8:24] != self.fwd.cfg.home_agent.address.packed
+                or quoted[6] not in (41, 50)
+                or 40 + int.from_bytes(quoted[4:6], "big") <= mtu):
             return
         self.events["punt.packet_too_big"] += 1
         coa = quoted[24:40]
         now = time.monotonic()
-        if now - self._ptb_logged.get(coa, -1e9) < 60.0 or len(self._ptb_logged) > 4096:
+        mtu = max(1280, min(mtu, cfg_mtu))
+        held = self._pmtu.get(coa)
+        if mtu >= cfg_mtu or (held is not None and (mtu >= held[0]
+                                                    or now - held[1] < PMTU_HOLD_S)):
             return
-        self._ptb_logged[coa] = now
+        n = self.fwd.sad.set_path_mtu(coa, mtu)
+        self._pmtu[coa] = (mtu, now)
+        self.events["path_mtu.lowered"] += 1
         import ipaddress
-        log.warning("ICMPv6 Packet Too Big from %s: the path to care-of address %s takes %d "
-                    "bytes, the tunnel sends up to %d; full-size tunnel packets to it are lost "
-                    "(lower [home_agent] mtu)", ipaddress.IPv6Address(pkt[8:24]),
-                    ipaddress.IPv6Address(coa), mtu, self.fwd.cfg.home_agent.mtu)
+        log.warning("ICMPv6 Packet Too Big from %s: path MTU toward care-of address %s is "
+                    "now %d (configured %d; %d mobile node(s) there)",
+                    ipaddress.IPv6Address(pkt[8:24]), ipaddress.IPv6Address(coa), mtu,
+                    cfg_mtu, n)
+
+    def _is_ha(self) -> bool:
+        return self.fwd.opts.role == "home-agent"
+
+    def _age_path_mtu(self) -> None:
+        """A lowered path MTU goes back to the configured one after
+        PMTU_AGE_S: the path may have widened (RFC 8201 §4); if it has not,
+        the next Packet Too Big lowers it again."""
+        now = time.monotonic()
+        for coa, (mtu, since) in list(self._pmtu.items()):
+            if now - since < PMTU_AGE_S:
+                continue
+            del self._pmtu[coa]
+            self.fwd.sad.set_path_mtu(coa, self.fwd.cfg.home_agent.mtu)
+            self.events["path_mtu.aged_out"] += 1
+            import ipaddress
+            log.info("path MTU toward care-of address %s back to the configured %d "
+                     "(lowered to %d %.0f s ago)", ipaddress.IPv6Address(coa),
+                     self.fwd.cfg.home_agent.mtu, mtu, now - since)
 
     def _decap_reassembled(self, pkt: bytes, decisions: list) -> None:
         """One reassembled wire-side packet through the control thread's own

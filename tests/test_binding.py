@@ -178,7 +178,7 @@ def test_bu_accepted_moves_and_ba_after_grace(backend):
     [row] = [r for r in h.cache.entries(60.0) if r["home_address"] == ntop(hoa)]
     assert row == {"home_address": ntop(hoa), "care_of_address": NEW, "state": "registered",
                    "lifetime": 400, "lifetime_left": 390.0, "last_sequence": 7,
-                   "flags": "AH--"}
+                   "flags": "AH--", "path_mtu": 1500}
     # a refresh to the same CoA moves nothing; a newer BU with an Alternate
     # CoA moves to the option's address, not the packet's source
     d = h.send(h.bu(0, 8, flags="AHK", lifetime=50), now=60.0)

@@ -69,33 +69,56 @@ def test_drops_summed_up_and_exhaustion_warned(caplog):
     assert len(recs) == 3
 
 
-def test_packet_too_big_about_a_tunnel_packet_is_counted_and_logged(caplog, monkeypatch):
+def test_packet_too_big_lowers_the_path_mtu_toward_that_coa(caplog, monkeypatch):
     """A Packet Too Big (built by scapy) quoting one of our tunnel packets
-    is counted and logged once a minute per care-of address; one quoting
-    somebody else's packet is only counted as ICMPv6."""
+    lowers the path MTU of the mobile nodes at that CoA in the real SA
+    table: only downwards, at most once per PMTU_HOLD_S, never below 1280,
+    back to the configured MTU after PMTU_AGE_S. One quoting somebody
+    else's packet, or a packet no larger than the MTU it reports, is only
+    counted as ICMPv6."""
+    import ipaddress
     from collections import Counter
     from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
-    ha, coa, router = "2001:db8:ffff::1", "2001:db8:3::10", "2001:db8:9::1"
+    from fastpath.ref.ipv6 import ntop
+    from topo import COA1, HA, MN1, make_topo
+    topo = make_topo("aes128gcm16")
     now = [100.0]
     monkeypatch.setattr(control.time, "monotonic", lambda: now[0])
-    fwd = SimpleNamespace(cfg=SimpleNamespace(home_agent=SimpleNamespace(
-        address=__import__("ipaddress").IPv6Address(ha), mtu=1500)))
-    cp = SimpleNamespace(fwd=fwd, events=Counter(), _ptb_logged={}, bindings=None,
-                         _packet_too_big=lambda p: control.ControlPlane._packet_too_big(cp, p))
+    fwd = SimpleNamespace(sad=topo.sad, opts=SimpleNamespace(role="home-agent"),
+                          cfg=SimpleNamespace(home_agent=SimpleNamespace(
+                              address=ipaddress.IPv6Address(HA), mtu=1500)))
+    cp = SimpleNamespace(fwd=fwd, events=Counter(), _pmtu={}, bindings=None)
+    cp._packet_too_big = lambda p: control.ControlPlane._packet_too_big(cp, p)
+    cp._is_ha = lambda: control.ControlPlane._is_ha(cp)
 
-    def ptb(quoted_src):
-        inner = IPv6(src=quoted_src, dst=coa, nh=50) / (b"\x00" * 1400)
-        return bytes(IPv6(src=router, dst=ha) / ICMPv6PacketTooBig(mtu=1400) / bytes(inner)[:1232])
+    def ptb(mtu, src=ntop(HA), size=1500):
+        quoted = bytes(IPv6(src=src, dst=ntop(COA1), nh=50) / (b"\x00" * (size - 40)))
+        return bytes(IPv6(src="2001:db8:9::1", dst=ntop(HA)) / ICMPv6PacketTooBig(mtu=mtu)
+                     / quoted[:1232])
+
+    def punt(p):
+        control.ControlPlane._punt(cp, p, [])
 
     with caplog.at_level(logging.INFO, logger="fastpath.control"):
-        for _ in range(3):
-            control.ControlPlane._punt(cp, ptb(ha), [])
-        now[0] += 61
-        control.ControlPlane._punt(cp, ptb(ha), [])
-        control.ControlPlane._punt(cp, ptb("2001:db8:7::7"), [])
-    assert cp.events["punt.packet_too_big"] == 4 and cp.events["punt.next_header_58"] == 5
-    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(lines) == 2
-    assert lines[0] == ("ICMPv6 Packet Too Big from 2001:db8:9::1: the path to care-of address "
-                        "2001:db8:3::10 takes 1400 bytes, the tunnel sends up to 1500; full-size "
-                        "tunnel packets to it are lost (lower [home_agent] mtu)")
+        assert topo.sad.path_mtu(MN1) == 1500
+        punt(ptb(1400))
+        assert topo.sad.path_mtu(MN1) == 1400
+        punt(ptb(1300))                                     # within the hold: not yet
+        assert topo.sad.path_mtu(MN1) == 1400
+        now[0] += control.PMTU_HOLD_S + 1
+        punt(ptb(1450))                                     # never upwards
+        punt(ptb(1000))                                     # never below 1280
+        assert topo.sad.path_mtu(MN1) == 1280
+        punt(ptb(1300, src="2001:db8:7::7"))                # not our packet
+        punt(ptb(1300, size=1280))                          # not bigger than it says
+        now[0] += control.PMTU_AGE_S + 1
+        control.ControlPlane._age_path_mtu(cp)
+        assert topo.sad.path_mtu(MN1) == 1500
+    assert cp.events["punt.next_header_58"] == 6
+    assert cp.events["punt.packet_too_big"] == 4
+    assert (cp.events["path_mtu.lowered"], cp.events["path_mtu.aged_out"]) == (2, 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings[0] == ("ICMPv6 Packet Too Big from 2001:db8:9::1: path MTU toward care-of "
+                           f"address {ntop(COA1)} is now 1400 (configured 1500; 1 mobile "
+                           "node(s) there)")
+    assert len(warnings) == 2

@@ -110,3 +110,66 @@ def test_fragmented_tunnel_both_ways(net, tmp_path, alg):
         stop((mn, ha))
     assert ha.returncode == 0, open(ha_sock + ".log").read()
     assert mn.returncode == 0, open(mn_sock + ".log").read()
+
+
+BIG_SINK = r"""
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("{addr}", 9002)); s.settimeout(4)
+got = set()
+try:
+    while True:
+        d = s.recv(4096)
+        if len(d) == 1352:
+            got.add(int.from_bytes(d[:4], "big"))
+except socket.timeout:
+    pass
+print(len(got))
+"""
+
+BIG_SOURCE = """
+import socket, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for i in range({n}):
+    try:
+        s.sendto(i.to_bytes(4, "big") + bytes(1348), ("{dst}", 9002))
+    except OSError:
+        pass                  # EMSGSIZE once the PTB arrived: the kernel fragments the next
+    time.sleep(0.05)
+"""
+
+
+def test_packet_too_big_from_the_path_lowers_the_tunnel_mtu(net, tmp_path):
+    """The router's link to the MN narrows to 1300 bytes, below the HA's
+    configured 1500: the router answers a full-size tunnel packet with a
+    Packet Too Big to the HA address; the HA lowers its path MTU toward
+    COA1 (ctl bindings shows it) and answers the CN's next large datagram
+    with a Packet Too Big of its own (1280); the CN then fragments, the HA
+    tunnels the 1280-byte fragments with the outer packets cut at 1280, and
+    the datagrams arrive - where before all were lost on the narrow link.
+    (One way, CN -> MN: the MN role has no path MTU of its own.)"""
+    path = config(tmp_path, "aes128gcm16")
+    for ns, ifname in ((net.router, "r-mn"), (net.mn, "mn0")):
+        ns.ip("link", "set", ifname, "mtu", "1300")
+    ha_sock, mn_sock = str(tmp_path / "ha.sock"), str(tmp_path / "mn.sock")
+    ha = start(net.ha, path, ha_sock)
+    mn = start(net.mn, path, mn_sock, "--role", "mobile-node", "--enable-forwarding")
+    try:
+        assert wait_for(lambda: net.cn.ping(T.HOA1, timeout=1), 10), "CN -> HoA ping failed"
+        n = 60
+        sink = net.mn.popen([sys.executable, "-c", BIG_SINK.format(addr=T.HOA1)],
+                            stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        net.cn.python(BIG_SOURCE.format(n=n, dst=T.HOA1))
+        out, _ = sink.communicate(timeout=20)
+        got = int(out.strip())
+        assert got >= n - 5, (got, ctl(net.ha, ha_sock, "counters")["control"])
+        [b] = ctl(net.ha, ha_sock, "bindings")
+        assert b["path_mtu"] == 1300, b
+        c = ctl(net.ha, ha_sock, "counters")
+        assert c["control"]["path_mtu.lowered"] == 1 and c["io"]["fragmented"] >= got, c["io"]
+    finally:
+        stop((mn, ha))
+    log = open(ha_sock + ".log").read()
+    assert ha.returncode == 0, log
+    assert f"path MTU toward care-of address {T.COA1} is now 1300" in log

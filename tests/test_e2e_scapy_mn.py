@@ -305,7 +305,7 @@ def test_home_agent_with_scapy_mobile_node(net, tmp_path, alg):
         moved = binding_view(ctl(net.ha, sock, "bindings"))
         assert moved == [{"home_address": T.HOA1, "care_of_address": T.COA2,
                           "state": "registered", "lifetime": 400, "last_sequence": 10,
-                          "flags": "AH--"}]
+                          "flags": "AH--", "path_mtu": 1500}]
         forward_tunnel(net, mn, "mn1", T.COA2, "moved", N, N + 1, alg)
         assert mn("count", iface="mn0")["esp"] == {}       # nothing left for the old CoA
         # the reverse tunnel from the new CoA (an ESP tunnel's outer source is not checked)

@@ -301,3 +301,40 @@ def test_traffic_class_and_ecn_across_the_tunnel(backend):
         (Verdict.DROP, Reason.CONGESTION), (Verdict.TO_HOME, Reason.NONE)]
     assert [IPv6(got[k][2]).tc for k in (0, 2, 3, 5)] == [0xB8 | 0x3, 0xB8, 0x3, 0x1]
     assert IPv6(got[0][2]).src == ntop(MN1) and IPv6(got[3][2]).src == ntop(MN2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ["aes128-sha1", "aes128gcm16"])
+def test_a_lowered_path_mtu_shapes_packet_too_big_and_fragmenting(alg, backend):
+    """After a Packet Too Big lowered the path MTU toward COA1 to 1300
+    (SADatabase.set_path_mtu, the control thread's doing): an inner packet
+    that no longer fits gets a Packet Too Big (parsed by scapy) whose MTU
+    fits 1300; one of at most 1280 bytes is tunnelled with the note FRAGMENT
+    (the worker cuts it at 1280); MN2's CoA is untouched; the address never
+    changes. Both engines agree. Back at 1500, the notes go."""
+    from scapy.layers.inet6 import ICMPv6PacketTooBig
+    from topo import COA2, MN2
+    topo = make_topo(alg, False, backend)
+    assert topo.sad.set_path_mtu(COA1, 1300) == 1
+    assert topo.ref.set_path_mtu(COA1, 1300) == 1
+    assert topo.sad.path_mtu(MN1) == 1300 and topo.sad.path_mtu(MN2) == 1500
+    a = get(alg)
+    fits = ((1300 - 48 - a.iv_len - a.icv_len) // a.align) * a.align - 2
+    pkts = [inner(CN, MN1, fits), inner(CN, MN1, fits + 1), inner(CN, MN1, 1400),
+            inner(CN, MN2, 1400)]
+    got, want = topo.run("encap", pkts)
+    assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want]
+    assert [(v, r) for v, r, _ in got] == [
+        (Verdict.TO_WIRE, Reason.NONE), (Verdict.TO_WIRE, Reason.FRAGMENT),
+        (Verdict.TO_HOME, Reason.TOO_BIG), (Verdict.TO_WIRE, Reason.NONE)]
+    assert IPv6(got[1][2]).dst == ntop(COA1) and IPv6(got[3][2]).dst == ntop(COA2)
+    ptb = IPv6(got[2][2])[ICMPv6PacketTooBig]
+    # what fits 1300 is below 1280: the sender is told 1280 (the IPv6 minimum),
+    # and packets up to that leave fragmented
+    assert fits < 1280 and ptb.mtu == 1280 and IPv6(got[2][2]).dst == ntop(CN)
+    assert topo.sad.care_of_address(MN1) == COA1
+    assert topo.sad.set_path_mtu(COA1, 9000) == 1 and topo.sad.path_mtu(MN1) == 1500
+    topo.ref.set_path_mtu(COA1, 9000)
+    got, want = topo.run("encap", [inner(CN, MN1, fits + 1)])
+    assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want] == \
+        [(Verdict.TO_WIRE, Reason.NONE)]

@@ -10,6 +10,7 @@ import threading
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, defragment6
 
 from fastpath.core.worker import Worker
+from fastpath.ref.ipv6 import ntop
 
 from test_engine_scapy import scapy_sa
 from test_worker_lowrate import Reader
@@ -48,3 +49,38 @@ def test_fragments_reassemble_in_scapy_and_identifications_do_not_count_up():
     sa = scapy_sa(topo, SPI[(MN1, "payload", "out")], HA, COA1)
     whole = [defragment6([a, b]) for a, b in zip(frags[::2], frags[1::2])]
     assert [bytes(sa.decrypt(IPv6(bytes(p)))) for p in whole] == sent
+
+
+def test_below_a_lowered_path_mtu_the_worker_cuts_at_1280():
+    """The configured MTU is 1500; a Packet Too Big lowered COA1's path MTU
+    to 1300. A 1250-byte inner packet then leaves as fragments of at most
+    1280 bytes (scapy reassembles and decrypts them); to MN2's CoA, whose
+    path was not lowered, the same size leaves whole."""
+    from topo import COA2, MN2
+    topo = make_topo("aes128gcm16")
+    topo.sad.set_path_mtu(COA1, 1300)
+    home_us, home_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    wire_us, wire_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (home_us, wire_us):
+        s.setblocking(False)
+    reader = Reader(wire_them)
+    reader.start()
+    w = Worker(topo.engine, home_us.fileno(), wire_us.fileno(), 16, 2048, mtu=1500)
+    t = threading.Thread(target=w.run, kwargs={"poll_ms": 50})
+    t.start()
+    to_mn1, to_mn2 = inner(CN, MN1, 1250, fill=b"\x01"), inner(CN, MN2, 1250, fill=b"\x02")
+    try:
+        home_them.send(to_mn1)
+        assert reader.wait_for(2, 5.0) == 2, w.counters()
+        home_them.send(to_mn2)
+        assert reader.wait_for(3, 5.0) == 3, w.counters()
+    finally:
+        w.stop()
+        t.join(5)
+    a, b, whole = (IPv6(p) for p in reader.got)
+    assert max(len(p) for p in reader.got[:2]) <= 1280 and IPv6ExtHdrFragment in a
+    assert a.dst == b.dst == ntop(COA1)
+    sa = scapy_sa(topo, SPI[(MN1, "payload", "out")], HA, COA1)
+    assert bytes(sa.decrypt(IPv6(bytes(defragment6([a, b]))))) == to_mn1
+    assert whole.dst == ntop(COA2) and IPv6ExtHdrFragment not in whole and whole.nh == 41
+    assert w.counters()["fragmented"] == 1

@@ -24,6 +24,7 @@ cdef enum:
     R_SEQ_EXHAUSTED = 9
     R_DUMMY = 10
     R_CONGESTION = 11
+    R_FRAGMENT = 8          # with TO_WIRE, not a drop: fragment at 1280 (a lowered path MTU)
     MAX_EXT_HEADERS = 8
     BINDING_MAX = 2048      # largest decapsulated BU/MH packet handed to the control plane
     RND_BYTES = 16384       # CBC IVs drawn in bulk

@@ -589,7 +589,7 @@ cdef class Engine:
         cdef fp_sad *t = self.t
         cdef bint ha = t.role == ROLE_HA
         cdef const uint8_t *a = p + (24 if ha else 8)
-        cdef int32_t m, s, r
+        cdef int32_t m, s, r, mtu
         cdef fp_keys *kk
         cdef fp_mn *mn
         cdef fp_job *j
@@ -623,11 +623,12 @@ cdef class Engine:
             # decision as comparing the outer length), and its reservation.
             st.cur = s
             st.run = -1
+            mtu = t.eps[st.e].mtu               # the configured MTU, or a PTB's lower one
             if s < 0:
-                st.fit = <int32_t>t.mtu - 40
+                st.fit = mtu - 40
             else:
                 kk = t.sas[s].keys
-                st.fit = ((<int32_t>t.mtu - 48 - kk.iv_len - kk.icv_len) & ~(kk.align - 1)) - 2
+                st.fit = ((mtu - 48 - kk.iv_len - kk.icv_len) & ~(kk.align - 1)) - 2
                 for r in range(st.nruns):
                     if st.runs[r].sa == s:
                         st.run = r
@@ -642,9 +643,15 @@ cdef class Engine:
         # A packet of up to 1280 bytes is tunnelled even when it does not fit:
         # its outer packet leaves fragmented (RFC 2473 §7.1; the worker
         # fragments).
-        if n > st.fit and n > 1280:
-            self._too_big(b, i, p, n, s, st.fit)
-            return
+        if n > st.fit:
+            if n > 1280:
+                self._too_big(b, i, p, n, s, st.fit)
+                return
+            # Tunnelled all the same; the outer packet leaves fragmented. The
+            # worker cuts what exceeds the configured MTU by itself; below a
+            # path MTU a PTB lowered, this tells it to cut at 1280 bytes.
+            if t.eps[st.e].mtu < <int32_t>t.mtu:
+                b.c_reason[i] = R_FRAGMENT
         if s < 0:
             # Plain IPv6-in-IPv6 (RFC 2473).
             outer = p - 40
@@ -798,7 +805,6 @@ cdef class Engine:
         cdef fp_job *j
         cdef fp_sa_hot *hot = NULL
         cdef uint8_t *c_verdict = b.c_verdict
-        cdef uint8_t *c_reason = b.c_reason
         cdef int32_t *c_sa = b.c_sa
         for k in range(nj):
             j = &self.jobs[k]
@@ -806,8 +812,7 @@ cdef class Engine:
             if not j.ok:
                 self._verdict(b, i, V_DROP, R_MALFORMED, j.sa)
                 continue
-            c_verdict[i] = V_TO_WIRE
-            c_reason[i] = R_NONE
+            c_verdict[i] = V_TO_WIRE            # (the reason stays: R_NONE or R_FRAGMENT)
             c_sa[i] = j.sa
             ok += 1
             if j.sa != cur:

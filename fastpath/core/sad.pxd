@@ -30,6 +30,7 @@ cdef enum:
 cdef struct fp_endpoint:
     uint8_t hdr[40]       # outer IPv6 header template. HA: src = HA, dst = CoA; MN: src = CoA, dst = HA
     int32_t next_free     # free-list link, control thread only
+    int32_t mtu           # path MTU toward the CoA: the configured MTU unless a PTB said less
 
 cdef struct fp_sa_hot:
     uint64_t seq          # out: last sequence number used; in: highest accepted (T)
@@ -160,5 +161,5 @@ cdef class SADatabase:
     cdef object _mb_keymgr          # holds the key-setup manager alive (capsule-less: see .pyx)
     cdef void *mb                   # intel-ipsec-mb manager used only to prepare key data
     cdef list _retired              # endpoint indices waiting for a grace period
-    cdef int32_t _alloc_endpoint(self, const uint8_t *coa) except -2
-    cdef int _publish(self, int32_t mn, const uint8_t *coa) except -1
+    cdef int32_t _alloc_endpoint(self, const uint8_t *coa, int32_t mtu) except -2
+    cdef int _publish(self, int32_t mn, const uint8_t *coa, int32_t mtu=*) except -1

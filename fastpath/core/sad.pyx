@@ -284,7 +284,7 @@ cdef class SADatabase:
         return s
 
     # -- bindings: the only way an endpoint changes -------------------------
-    cdef int32_t _alloc_endpoint(self, const uint8_t *coa) except -2:
+    cdef int32_t _alloc_endpoint(self, const uint8_t *coa, int32_t mtu) except -2:
         cdef int32_t e = self.t.free_ep
         cdef uint8_t *h
         if e < 0:
@@ -293,6 +293,7 @@ cdef class SADatabase:
             if e < 0:
                 raise RuntimeError("no free endpoint record (workers stuck in a batch?)")
         self.t.free_ep = self.t.eps[e].next_free
+        self.t.eps[e].mtu = mtu
         h = self.t.eps[e].hdr
         memset(h, 0, 40)
         h[0] = 0x60
@@ -305,11 +306,13 @@ cdef class SADatabase:
             memcpy(h + 24, self.t.ha, 16)
         return e
 
-    cdef int _publish(self, int32_t m, const uint8_t *coa) except -1:
+    cdef int _publish(self, int32_t m, const uint8_t *coa, int32_t mtu=0) except -1:
+        """Point mobile node m at a new endpoint record for `coa` (NULL: no
+        binding) whose path MTU is `mtu` (0: the configured one)."""
         cdef int32_t old = self.t.mns[m].ep
         cdef int32_t e = -1
         if coa != NULL:
-            e = self._alloc_endpoint(coa)
+            e = self._alloc_endpoint(coa, mtu if mtu > 0 else <int32_t>self.t.mtu)
         fp_store_rel_i32(&self.t.mns[m].ep, e)
         if old >= 0:
             self._retired.append(old)   # freed after the next grace period
@@ -368,6 +371,37 @@ cdef class SADatabase:
         if m < 0:
             raise KeyError(hoa)
         self._publish(m, <const uint8_t *>c)
+
+    def set_path_mtu(self, coa, int mtu):
+        """Home agent: the path MTU toward care-of address `coa` (an ICMPv6
+        Packet Too Big said so, or it aged out back to the configured MTU),
+        clamped to [1280, configured MTU]. Each mobile node now at `coa` gets
+        a new endpoint record - the same addresses, this MTU - published as
+        a move is: a batch sees the old record or the new one, never half.
+        No address changes here (only move() does that, for an authenticated
+        Binding Update). Returns how many mobile nodes it touched."""
+        cdef bytes c = _addr(coa, "care-of address")
+        cdef int32_t m, e, n = 0
+        if self.t.role != ROLE_HA:
+            raise PermissionError("path MTU per care-of address is a home agent's")
+        mtu = max(1280, min(mtu, <int>self.t.mtu))
+        for m in range(self.t.n_mns):
+            e = self.t.mns[m].ep
+            if (e >= 0 and self.t.eps[e].mtu != mtu
+                    and memcmp(ep_coa(&self.t, e), <const char *>c, 16) == 0):
+                self._publish(m, <const uint8_t *>c, mtu)
+                n += 1
+        return n
+
+    def path_mtu(self, hoa):
+        """The tunnel MTU toward a home address's current CoA, or None."""
+        cdef bytes h = _addr(hoa, "home address")
+        cdef int32_t m = sad_find_mn(&self.t, h)
+        cdef int32_t e
+        if m < 0:
+            raise KeyError(hoa)
+        e = fp_load_acq_i32(&self.t.mns[m].ep)
+        return None if e < 0 else self.t.eps[e].mtu
 
     def care_of_address(self, hoa):
         """Current CoA of a home address, or None."""
@@ -479,7 +513,8 @@ cdef class SADatabase:
             hoa = PyBytes_FromStringAndSize(<const char *>self.t.mns[i].hoa, 16)
             coa = self.care_of_address(hoa)
             out.append({"home_address": _fmt(hoa),
-                        "care_of_address": _fmt(coa) if coa else None})
+                        "care_of_address": _fmt(coa) if coa else None,
+                        "path_mtu": self.path_mtu(hoa)})
         return out
 
 

@@ -18,7 +18,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from fastpath.core.batch cimport Batch, HEADROOM
 from fastpath.core.engine cimport (Engine, fp_binding_rec, V_TO_WIRE, V_TO_HOME, V_PUNT,
-                                   BINDING_MAX)
+                                   BINDING_MAX, R_FRAGMENT)
 from fastpath.core.sad cimport SADatabase, issue_binding
 from fastpath.core.includes.atomic cimport fp_load_u64, fp_store_u64
 from fastpath.core.offload cimport (fp_tso, fp_gro, iovec, tso_begin, tso_next, gro_candidate,
@@ -463,7 +463,9 @@ cdef class Worker:
             n = b.c_len[i]
             if b.c_verdict[i] == V_TO_WIRE:
                 if n > self.mtu:
-                    w = self._write_fragments(self.wire_fd, p, n)
+                    w = self._write_fragments(self.wire_fd, p, n, self.mtu)
+                elif n > 1280 and b.c_reason[i] == R_FRAGMENT:   # below a PTB's path MTU
+                    w = self._write_fragments(self.wire_fd, p, n, 1280)
                 else:
                     w = write(self.wire_fd, p, n)
                 self._count_tx(SIDE_WIRE, w, 1)
@@ -506,11 +508,12 @@ cdef class Worker:
         else:
             self.tx[side] += packets
 
-    cdef long _write_fragments(self, int fd, const uint8_t *p, int32_t n) noexcept nogil:
+    cdef long _write_fragments(self, int fd, const uint8_t *p, int32_t n,
+                               int32_t mtu) noexcept nogil:
         """An outer packet longer than the wire MTU (only ever one that carries
         an inner packet of <= 1280 bytes: RFC 2473 §7.1) leaves as IPv6
         fragments (RFC 8200 §4.5); our outer header has no extension headers."""
-        cdef int32_t room = (self.mtu - 48) & ~7
+        cdef int32_t room = (mtu - 48) & ~7
         cdef int32_t off = 0, part
         cdef uint8_t *q = self.frag_buf
         cdef uint32_t ident = frag_ident(self.frag_id, self.frag_key)

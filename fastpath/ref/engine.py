@@ -77,6 +77,7 @@ class MobileNode:
     hoa: bytes
     coa: bytes | None
     sas: dict[tuple[str, str], SaEntry] = field(default_factory=dict)
+    path_mtu: int | None = None     # a Packet Too Big's MTU toward coa; None: the configured
 
 
 class RefEngine:
@@ -122,7 +123,20 @@ class RefEngine:
     def set_coa(self, hoa: bytes, coa: bytes | None) -> None:
         """Move a binding (tests and the oracle only; fastpath moves bindings
         through verified BUs)."""
-        self._mns[addr(hoa)].coa = None if coa is None else addr(coa)
+        mn = self._mns[addr(hoa)]
+        mn.coa = None if coa is None else addr(coa)
+        mn.path_mtu = None                  # a new endpoint starts at the configured MTU
+
+    def set_path_mtu(self, coa: bytes, mtu: int) -> int:
+        """The path MTU toward `coa`, clamped to [1280, mtu]; for every node
+        now at that CoA (SADatabase.set_path_mtu). Returns how many."""
+        mtu = max(ipv6.MIN_MTU, min(mtu, self.mtu))
+        n = 0
+        for mn in self._mns.values():
+            if mn.coa == addr(coa) and (mn.path_mtu or self.mtu) != mtu:
+                mn.path_mtu = mtu
+                n += 1
+        return n
 
     def sa(self, direction: str, spi: int) -> SaEntry:
         """The SA entry (its ``seq`` and ``replay`` state can be inspected)."""
@@ -147,9 +161,9 @@ class RefEngine:
             self._per_spi[sa.spi]["drops"][name] += 1
         return Verdict.DROP, reason, b""
 
-    def _emit(self, verdict: Verdict, data: bytes) -> Result:
+    def _emit(self, verdict: Verdict, data: bytes, note: Reason = Reason.NONE) -> Result:
         self._verdicts[verdict.name.lower()] += 1
-        return verdict, Reason.NONE, data
+        return verdict, note, data
 
     def _count(self, sa: SaEntry, direction: str, nbytes: int) -> None:
         c = self._per_spi[sa.spi]
@@ -178,13 +192,19 @@ class RefEngine:
         if mn is None or mn.coa is None:
             return self._drop(Reason.NO_BINDING)
         sa = self._outbound_sa(mn, pkt)                             # 3
+        mtu = mn.path_mtu or self.mtu                               # 4
+        # Over the MTU but at most 1280 bytes: tunnelled all the same, the
+        # outer packet fragmented - at 1280 bytes below a lowered path MTU,
+        # which the reason FRAGMENT on the TO_WIRE verdict tells the worker.
         if sa is None:      # plain IPv6-in-IPv6 (RFC 2473)
-            if ipv6.HEADER_LEN + len(pkt) > self.mtu and len(pkt) > ipv6.MIN_MTU:  # 4
-                return self._too_big(pkt, self.mtu - ipv6.HEADER_LEN, None)
-            return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_IPV6, pkt, pkt))
-        if (ipv6.HEADER_LEN + sa.esp.sealed_len(len(pkt)) > self.mtu    # 4
-                and len(pkt) > ipv6.MIN_MTU):
-            return self._too_big(pkt, sa.esp.max_payload(self.mtu - ipv6.HEADER_LEN), sa)
+            over = ipv6.HEADER_LEN + len(pkt) > mtu
+            if over and len(pkt) > ipv6.MIN_MTU:
+                return self._too_big(pkt, mtu - ipv6.HEADER_LEN, None)
+            return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_IPV6, pkt, pkt),
+                              Reason.FRAGMENT if over and mtu < self.mtu else Reason.NONE)
+        over = ipv6.HEADER_LEN + sa.esp.sealed_len(len(pkt)) > mtu
+        if over and len(pkt) > ipv6.MIN_MTU:
+            return self._too_big(pkt, sa.esp.max_payload(mtu - ipv6.HEADER_LEN), sa)
         try:                                                        # 5
             seq = sa.next_seq()
         except EspDrop as e:
@@ -192,7 +212,8 @@ class RefEngine:
         esp = sa.esp.seal(seq, pkt, NH_IPV6, iv)                    # 6
         sa.seq = seq
         self._count(sa, "out", len(pkt))
-        return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_ESP, esp, pkt))
+        return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_ESP, esp, pkt),
+                          Reason.FRAGMENT if over and mtu < self.mtu else Reason.NONE)
 
     def _too_big(self, pkt: bytes, inner_mtu: int, sa: SaEntry | None) -> Result:
         """RFC 2473 §7.1 / RFC 4459: a packet the tunnel cannot carry is answered
