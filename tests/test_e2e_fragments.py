@@ -29,12 +29,12 @@ PING_SIZE = 1200          # ICMPv6 data: a 1248-byte inner packet, > 1280 once t
 UDP_SINK = r"""
 import socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind(("{addr}", 9000)); s.settimeout(3)
+s.bind(("{addr}", 9000)); s.settimeout(4)
 got = set()
 try:
     while True:
         d = s.recv(4096)
-        if len(d) == 1200 and d[4:] == bytes([d[3]]) * 1196:
+        if len(d) == {size} and d[4:] == bytes([d[3]]) * ({size} - 4):
             got.add(int.from_bytes(d[:4], "big"))
 except socket.timeout:
     pass
@@ -46,8 +46,11 @@ import socket, time
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 {bind}
 for i in range({n}):
-    s.sendto(i.to_bytes(4, "big") + bytes([i & 255]) * 1196, ("{dst}", 9000))
-    if i % 20 == 0: time.sleep(0.01)
+    try:
+        s.sendto(i.to_bytes(4, "big") + bytes([i & 255]) * ({size} - 4), ("{dst}", 9000))
+    except OSError:
+        pass        # EMSGSIZE right after a Packet Too Big: the kernel fragments the next
+    time.sleep({gap})
 """
 
 
@@ -60,11 +63,12 @@ def net():
         yield t
 
 
-def udp(net, src_ns, dst_ns, dst, n, bind=""):
-    sink = dst_ns.popen([sys.executable, "-c", UDP_SINK.format(addr=dst)],
+def udp(net, src_ns, dst_ns, dst, n, bind="", size=1200, gap=0.0005):
+    """n datagrams of `size` bytes from src_ns to dst; how many arrived whole."""
+    sink = dst_ns.popen([sys.executable, "-c", UDP_SINK.format(addr=dst, size=size)],
                         stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
-    src_ns.python(UDP_SOURCE.format(n=n, dst=dst, bind=bind))
+    src_ns.python(UDP_SOURCE.format(n=n, dst=dst, bind=bind, size=size, gap=gap))
     out, _ = sink.communicate(timeout=20)
     return int(out.strip())
 
@@ -112,33 +116,6 @@ def test_fragmented_tunnel_both_ways(net, tmp_path, alg):
     assert mn.returncode == 0, open(mn_sock + ".log").read()
 
 
-BIG_SINK = r"""
-import socket
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind(("{addr}", 9002)); s.settimeout(4)
-got = set()
-try:
-    while True:
-        d = s.recv(4096)
-        if len(d) == 1352:
-            got.add(int.from_bytes(d[:4], "big"))
-except socket.timeout:
-    pass
-print(len(got))
-"""
-
-BIG_SOURCE = """
-import socket, time
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-for i in range({n}):
-    try:
-        s.sendto(i.to_bytes(4, "big") + bytes(1348), ("{dst}", 9002))
-    except OSError:
-        pass                  # EMSGSIZE once the PTB arrived: the kernel fragments the next
-    time.sleep(0.05)
-"""
-
-
 def test_packet_too_big_from_the_path_lowers_the_tunnel_mtu(net, tmp_path):
     """The router's link to the MN narrows to 1300 bytes, below the HA's
     configured 1500: the router answers a full-size tunnel packet with a
@@ -157,12 +134,7 @@ def test_packet_too_big_from_the_path_lowers_the_tunnel_mtu(net, tmp_path):
     try:
         assert wait_for(lambda: net.cn.ping(T.HOA1, timeout=1), 10), "CN -> HoA ping failed"
         n = 60
-        sink = net.mn.popen([sys.executable, "-c", BIG_SINK.format(addr=T.HOA1)],
-                            stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)
-        net.cn.python(BIG_SOURCE.format(n=n, dst=T.HOA1))
-        out, _ = sink.communicate(timeout=20)
-        got = int(out.strip())
+        got = udp(net, net.cn, net.mn, T.HOA1, n, size=1352, gap=0.05)
         assert got >= n - 5, (got, ctl(net.ha, ha_sock, "counters")["control"])
         [b] = ctl(net.ha, ha_sock, "bindings")
         assert b["path_mtu"] == 1300, b

@@ -4,16 +4,12 @@ are parsed and reassembled by scapy, and their Identifications do not count
 up (RFC 7739 §5: a guessable next Identification lets an off-path node
 inject a fragment into the reassembly at the care-of address). SOCK_SEQPACKET
 socket pairs stand in for the TUN queues, as in test_worker_lowrate."""
-import socket
-import threading
-
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, defragment6
 
-from fastpath.core.worker import Worker
 from fastpath.ref.ipv6 import ntop
 
 from test_engine_scapy import scapy_sa
-from test_worker_lowrate import Reader
+from test_worker_lowrate import Rig
 from topo import CN, COA1, HA, MN1, SPI, inner, make_topo
 
 N = 200
@@ -21,26 +17,17 @@ N = 200
 
 def test_fragments_reassemble_in_scapy_and_identifications_do_not_count_up():
     topo = make_topo("aes128gcm16")
-    home_us, home_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    wire_us, wire_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for s in (home_us, wire_us):
-        s.setblocking(False)
-    wire_us.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-    reader = Reader(wire_them)
-    reader.start()
-    w = Worker(topo.engine, home_us.fileno(), wire_us.fileno(), 16, 2048, mtu=1280)
-    t = threading.Thread(target=w.run, kwargs={"poll_ms": 50})
-    t.start()
+    rig = Rig(topo, mtu=1280, poll_ms=50)
     sent = [inner(CN, MN1, 1240, fill=bytes([k % 251])) for k in range(N)]
     try:
         for p in sent:
-            home_them.send(p)
-        assert reader.wait_for(2 * N, 5.0) == 2 * N, w.counters()
+            rig.home.send(p)
+        assert rig.reader.wait_for(2 * N, 5.0) == 2 * N, rig.worker.counters()
     finally:
-        w.stop()
-        t.join(5)
-    frags = [IPv6(p) for p in reader.got]
-    assert all(len(p) <= 1280 and IPv6ExtHdrFragment in f for p, f in zip(reader.got, frags))
+        rig.stop()
+    got = rig.reader.got
+    frags = [IPv6(p) for p in got]
+    assert all(len(p) <= 1280 and IPv6ExtHdrFragment in f for p, f in zip(got, frags))
     idents = [f[IPv6ExtHdrFragment].id for f in frags[::2]]
     assert [f[IPv6ExtHdrFragment].id for f in frags[1::2]] == idents     # pairs share one
     assert len(set(idents)) == N
@@ -59,28 +46,20 @@ def test_below_a_lowered_path_mtu_the_worker_cuts_at_1280():
     from topo import COA2, MN2
     topo = make_topo("aes128gcm16")
     topo.sad.set_path_mtu(COA1, 1300)
-    home_us, home_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    wire_us, wire_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for s in (home_us, wire_us):
-        s.setblocking(False)
-    reader = Reader(wire_them)
-    reader.start()
-    w = Worker(topo.engine, home_us.fileno(), wire_us.fileno(), 16, 2048, mtu=1500)
-    t = threading.Thread(target=w.run, kwargs={"poll_ms": 50})
-    t.start()
+    rig = Rig(topo, mtu=1500, poll_ms=50)
     to_mn1, to_mn2 = inner(CN, MN1, 1250, fill=b"\x01"), inner(CN, MN2, 1250, fill=b"\x02")
     try:
-        home_them.send(to_mn1)
-        assert reader.wait_for(2, 5.0) == 2, w.counters()
-        home_them.send(to_mn2)
-        assert reader.wait_for(3, 5.0) == 3, w.counters()
+        rig.home.send(to_mn1)
+        assert rig.reader.wait_for(2, 5.0) == 2, rig.worker.counters()
+        rig.home.send(to_mn2)
+        assert rig.reader.wait_for(3, 5.0) == 3, rig.worker.counters()
+        fragmented = rig.worker.counters()["fragmented"]
     finally:
-        w.stop()
-        t.join(5)
-    a, b, whole = (IPv6(p) for p in reader.got)
-    assert max(len(p) for p in reader.got[:2]) <= 1280 and IPv6ExtHdrFragment in a
+        rig.stop()
+    a, b, whole = (IPv6(p) for p in rig.reader.got)
+    assert max(len(p) for p in rig.reader.got[:2]) <= 1280 and IPv6ExtHdrFragment in a
     assert a.dst == b.dst == ntop(COA1)
     sa = scapy_sa(topo, SPI[(MN1, "payload", "out")], HA, COA1)
     assert bytes(sa.decrypt(IPv6(bytes(defragment6([a, b]))))) == to_mn1
     assert whole.dst == ntop(COA2) and IPv6ExtHdrFragment not in whole and whole.nh == 41
-    assert w.counters()["fragmented"] == 1
+    assert fragmented == 1

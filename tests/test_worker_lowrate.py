@@ -40,20 +40,40 @@ class Reader(threading.Thread):
             return len(self.got)
 
 
+class Rig:
+    """A worker between two SOCK_SEQPACKET pairs, running in a thread:
+    `home` is the home side to send on, `reader` drains the wire side."""
+
+    def __init__(self, topo, mtu=1500, poll_ms=1000):
+        self.sockets = []           # held: the worker uses their fds
+        home_us, self.home = self._pair()
+        wire_us, wire_them = self._pair()
+        # room for a whole burst on the wire side: a full socket drops (counted
+        # in tx_errors), as a full TUN queue does, and the tests are not about that
+        wire_us.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.reader = Reader(wire_them)
+        self.reader.start()
+        self.worker = Worker(topo.engine, home_us.fileno(), wire_us.fileno(), 16, 2048, mtu=mtu)
+        self.thread = threading.Thread(target=self.worker.run, kwargs={"poll_ms": poll_ms})
+        self.thread.start()
+
+    def _pair(self):
+        us, them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        us.setblocking(False)
+        self.sockets += [us, them]
+        return us, them
+
+    def stop(self):
+        self.worker.stop()
+        self.thread.join(5)
+        for s in self.sockets:
+            s.close()
+
+
 def test_lone_packets_then_a_burst_all_arrive_in_order():
     topo = make_topo()
-    home_us, home_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    wire_us, wire_them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for s in (home_us, wire_us):
-        s.setblocking(False)
-    # room for the whole burst on the wire side: a full socket drops (counted
-    # in tx_errors), as a full TUN queue does, and the test is not about that
-    wire_us.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-    reader = Reader(wire_them)
-    reader.start()
-    w = Worker(topo.engine, home_us.fileno(), wire_us.fileno(), 16, 2048, mtu=1500)
-    t = threading.Thread(target=w.run, kwargs={"poll_ms": 1000})
-    t.start()
+    rig = Rig(topo)
+    w, reader, home_them = rig.worker, rig.reader, rig.home
     try:
         # lone packets: each wake-up finds one (the side goes to low-rate mode)
         for k in range(24):
@@ -75,7 +95,4 @@ def test_lone_packets_then_a_burst_all_arrive_in_order():
         c = w.counters()
         assert c["rx"]["home"] == 329 and c["tx"]["wire"] == 329
     finally:
-        w.stop()
-        t.join(5)
-        for s in (home_us, home_them, wire_us, wire_them):
-            s.close()
+        rig.stop()

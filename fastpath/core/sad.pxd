@@ -163,3 +163,4 @@ cdef class SADatabase:
     cdef list _retired              # endpoint indices waiting for a grace period
     cdef int32_t _alloc_endpoint(self, const uint8_t *coa, int32_t mtu) except -2
     cdef int _publish(self, int32_t mn, const uint8_t *coa, int32_t mtu=*) except -1
+    cdef int32_t _endpoint_of(self, hoa) except -2

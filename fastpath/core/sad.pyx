@@ -393,24 +393,22 @@ cdef class SADatabase:
                 n += 1
         return n
 
-    def path_mtu(self, hoa):
-        """The tunnel MTU toward a home address's current CoA, or None."""
+    cdef int32_t _endpoint_of(self, hoa) except -2:
+        """The current endpoint record of a home address (-1: no binding)."""
         cdef bytes h = _addr(hoa, "home address")
         cdef int32_t m = sad_find_mn(&self.t, h)
-        cdef int32_t e
         if m < 0:
             raise KeyError(hoa)
-        e = fp_load_acq_i32(&self.t.mns[m].ep)
+        return fp_load_acq_i32(&self.t.mns[m].ep)
+
+    def path_mtu(self, hoa):
+        """The tunnel MTU toward a home address's current CoA, or None."""
+        cdef int32_t e = self._endpoint_of(hoa)
         return None if e < 0 else self.t.eps[e].mtu
 
     def care_of_address(self, hoa):
         """Current CoA of a home address, or None."""
-        cdef bytes h = _addr(hoa, "home address")
-        cdef int32_t m = sad_find_mn(&self.t, h)
-        cdef int32_t e
-        if m < 0:
-            raise KeyError(hoa)
-        e = fp_load_acq_i32(&self.t.mns[m].ep)
+        cdef int32_t e = self._endpoint_of(hoa)
         if e < 0:
             return None
         return PyBytes_FromStringAndSize(<const char *>ep_coa(&self.t, e), 16)
