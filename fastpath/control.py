@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -68,7 +69,6 @@ def _log_decision(d) -> None:
         w[2] += 1
         return
     w[1] += 1
-    import ipaddress
     hoa = ipaddress.IPv6Address(d.home_address)
     if d.moved or d.deregistered:
         what = ("deregistered" if d.deregistered else
@@ -193,8 +193,6 @@ class ControlPlane:
         `metrics_addr` here."""
         self.fwd = fwd
         self.listeners = listeners or Listeners(control_socket, metrics_addr)
-        self.control_socket = self.listeners.ctl_path
-        self.metrics_addr = self.listeners.metrics_addr
         self.events = Counter()
         self.started = time.time()
         self.stop_event: asyncio.Event | None = None
@@ -247,7 +245,7 @@ class ControlPlane:
         if self.listeners.metrics is not None:
             servers.append(await asyncio.start_server(self._serve_metrics,
                                                       sock=self.listeners.metrics))
-            log.info("metrics on http://%s/metrics", self.metrics_addr)
+            log.info("metrics on http://%s/metrics", self.listeners.metrics_addr)
         # reservations are checked every 20-100 ms, as they ask (seqstore.plan):
         # an idle forwarder wakes ~10 times a second, not 100
         timers = [asyncio.ensure_future(self._every(self._sequence_check_s,
@@ -382,7 +380,7 @@ class ControlPlane:
         lost on the narrow path. It is unauthenticated, so it only ever
         lowers, at most once per PMTU_HOLD_S per CoA, never below 1280, and
         ages out after PMTU_AGE_S (RFC 8201 §4)."""
-        if len(pkt) < 48 + 40 or pkt[40] != 2 or not self._is_ha():
+        if len(pkt) < 48 + 40 or pkt[40] != 2 or self.fwd.opts.role != "home-agent":
             return
         mtu = int.from_bytes(pkt[44:48], "big")
         quoted = pkt[48:]
@@ -402,14 +400,10 @@ class ControlPlane:
         n = self.fwd.sad.set_path_mtu(coa, mtu)
         self._pmtu[coa] = (mtu, now)
         self.events["path_mtu.lowered"] += 1
-        import ipaddress
         log.warning("ICMPv6 Packet Too Big from %s: path MTU toward care-of address %s is "
                     "now %d (configured %d; %d mobile node(s) there)",
                     ipaddress.IPv6Address(pkt[8:24]), ipaddress.IPv6Address(coa), mtu,
                     cfg_mtu, n)
-
-    def _is_ha(self) -> bool:
-        return self.fwd.opts.role == "home-agent"
 
     def _age_path_mtu(self) -> None:
         """A lowered path MTU goes back to the configured one after
@@ -422,7 +416,6 @@ class ControlPlane:
             del self._pmtu[coa]
             self.fwd.sad.set_path_mtu(coa, self.fwd.cfg.home_agent.mtu)
             self.events["path_mtu.aged_out"] += 1
-            import ipaddress
             log.info("path MTU toward care-of address %s back to the configured %d "
                      "(lowered to %d %.0f s ago)", ipaddress.IPv6Address(coa),
                      self.fwd.cfg.home_agent.mtu, mtu, now - since)
@@ -644,7 +637,6 @@ class ControlPlane:
                 reply = {"ok": self.view(line)}
             elif len(words) == 2 and words[0] == "move" and self.registration is not None:
                 # Only a mobile node's own forwarder takes this: it moves itself.
-                import ipaddress
                 try:
                     self.move(ipaddress.IPv6Address(words[1]).packed)
                     reply = {"ok": {"moved_to": words[1]}}
@@ -698,7 +690,6 @@ def freeze_startup_heap() -> int:
 
 def ctl_request(path: str, what: str, timeout: float = 5.0):
     """Client side of the control socket (fastpath ctl)."""
-    import socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:

@@ -89,7 +89,6 @@ def test_packet_too_big_lowers_the_path_mtu_toward_that_coa(caplog, monkeypatch)
                               address=ipaddress.IPv6Address(HA), mtu=1500)))
     cp = SimpleNamespace(fwd=fwd, events=Counter(), _pmtu={}, bindings=None)
     cp._packet_too_big = lambda p: control.ControlPlane._packet_too_big(cp, p)
-    cp._is_ha = lambda: control.ControlPlane._is_ha(cp)
 
     def ptb(mtu, src=ntop(HA), size=1500):
         quoted = bytes(IPv6(src=src, dst=ntop(COA1), nh=50) / (b"\x00" * (size - 40)))

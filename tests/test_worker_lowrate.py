@@ -4,7 +4,6 @@ behind in the queue when the rate rises, and order is kept. SOCK_SEQPACKET
 socket pairs stand in for the TUN queues, as in test_worker_punts."""
 import socket
 import threading
-import time
 
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP
