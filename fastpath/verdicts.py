@@ -27,6 +27,7 @@ class Reason(enum.IntEnum):
     SEQ_EXHAUSTED = 9
     DUMMY = 10         # ESP next header 59: RFC 4303 §2.6 dummy packet
     CONGESTION = 11    # outer ECN CE over a not-ECN-capable inner packet (RFC 6040 §4.2)
+    ENCAP_LIMIT = 12   # its Tunnel Encapsulation Limit is 0 (RFC 2473 §5.1)
     # Not a drop: with TO_WIRE, "over a path MTU a Packet Too Big lowered, and
     # tunnelled all the same (<= 1280 bytes): fragment the outer packet at 1280".
     FRAGMENT = 8       # (an alias of TOO_BIG: no counter of its own)

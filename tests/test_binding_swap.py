@@ -347,7 +347,7 @@ class Shared:
 def _worker(sad, backend, payload, coas, shared, out, errors):
     try:
         eng = Engine(sad, backend)
-        eng.ptb_rate = eng.ptb_burst = 0.0
+        eng.icmp_error_rate = eng.icmp_error_burst = 0.0
         src = Batch(BATCH)
         src.load([payload] * BATCH)
         b = Batch(BATCH)

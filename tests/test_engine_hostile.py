@@ -595,14 +595,17 @@ def test_every_reason_and_exact_counters(backend):
     hot_mh = bytes([59, 1, 3, 0]) + bytes(12)
     hot = ipv6_header(CN, MN1, 135, len(hot_mh)) + hot_mh
     big = inner(CN, MN1, 1500)
+    # out of another tunnel, with its Tunnel Encapsulation Limit at 0 (MN2: plain)
+    tel0 = bytes([41, 0, 4, 1, 0, 1, 1, 0]) + inner(CN, MN2, 60)
+    tel0 = ipv6_header(CN, MN2, 60, len(tel0)) + tel0
     home = [inner(CN, MN1, 100), inner(CN, MN1, 200), hot, inner(CN, MN2, 300),
             inner(CN, MN3, 100), inner(CN, EVIL, 100), inner(CN, MN1, 100)[:-1],
-            big, inner(CN, MN2, 1461, nh=58, fill=b"\x01")]
+            big, inner(CN, MN2, 1461, nh=58, fill=b"\x01"), tel0]
     got = check(topo, "encap", home, [IV] * len(home))
     # too big: > 1280 bytes -> a Packet Too Big to the source (TO_HOME, too_big);
     # about an ICMPv6 error (type 1 < 128) -> dropped (both counted too_big)
     assert vr(got) == [(TO_WIRE, 0)] * 4 + [(DROP, R.NO_BINDING)] * 2 + [
-        (DROP, R.MALFORMED), (TO_HOME, R.TOO_BIG), (DROP, R.TOO_BIG)]
+        (DROP, R.MALFORMED), (TO_HOME, R.TOO_BIG), (DROP, R.TOO_BIG), (TO_HOME, R.ENCAP_LIMIT)]
     # RR counter at its end: one HoT goes, the next is seq_exhausted
     sad.resume_sequence(rr_out, 2 ** 32 - 2)
     topo.ref.sa("out", rr_out).seq = 2 ** 32 - 2
@@ -652,11 +655,11 @@ def test_every_reason_and_exact_counters(backend):
     # Totals, computed by hand from the two scripts above.
     expect_drops = {"unknown_spi": 1, "replay": 1, "icv": 1, "bad_padding": 1, "policy": 2,
                     "malformed": 4, "no_binding": 3, "too_big": 2, "seq_exhausted": 1,
-                    "dummy": 1, "congestion": 1}
+                    "dummy": 1, "congestion": 1, "encap_limit": 1}
     c = topo.engine.counters()
     assert c["drops"] == expect_drops
     assert set(expect_drops) == {r.name.lower() for r in Reason if r}
-    assert c["verdicts"] == {"drop": 17, "to_wire": 5, "to_home": 4, "punt": 1, "binding": 1}
+    assert c["verdicts"] == {"drop": 17, "to_wire": 5, "to_home": 5, "punt": 1, "binding": 1}
     per_sa = {(s["spi"], s["direction"]): s for s in sad.sas()}
     n_out = lambda s: (s["packets_out"], s["bytes_out"])  # noqa: E731
     n_in = lambda s: (s["packets_in"], s["bytes_in"])  # noqa: E731
@@ -825,8 +828,8 @@ def test_packet_too_big_floor_and_small(backend):
 @backends
 def test_packet_too_big_rate_limit(backend):
     topo = make_topo("aes128-sha1", False, backend)
-    topo.engine.ptb_rate = 0.0
-    topo.engine.ptb_burst = 3.0
+    topo.engine.icmp_error_rate = 0.0
+    topo.engine.icmp_error_burst = 3.0
     b = Batch(6)
     b.load([inner(CN, MN1, 1500)] * 6)
     topo.engine.encap(b)

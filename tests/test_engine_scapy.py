@@ -338,3 +338,87 @@ def test_a_lowered_path_mtu_shapes_packet_too_big_and_fragmenting(alg, backend):
     got, want = topo.run("encap", [inner(CN, MN1, fits + 1)])
     assert [(v, r) for v, r, _ in got] == [(v, r) for v, r, _ in want] == \
         [(Verdict.TO_WIRE, Reason.NONE)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tunnel_encapsulation_limit(backend):
+    """RFC 2473 §5.1 at a tunnel entry point, built and read by scapy: a
+    packet out of another tunnel that carries a Tunnel Encapsulation Limit
+    (option 4 in its destination options) enters our plain tunnel with the
+    limit one lower in a destination-options header of ours; at 0 it is
+    refused with a Parameter Problem (code 0) pointing at the limit, and
+    without an error about an ICMPv6 error. The limit costs 8 bytes of MTU
+    (a Packet Too Big says so). ESP tunnel mode carries the packet as it is.
+    The mobile node's side skips the option when it decapsulates. Both
+    engines agree byte for byte."""
+    from scapy.layers.inet6 import (UDP, HBHOptUnknown, ICMPv6EchoReply, ICMPv6PacketTooBig,
+                                    ICMPv6ParamProblem, IPv6ExtHdrDestOpt, PadN, in6_chksum)
+    from topo import COA2, MN2
+
+    def tunnelled(limit, upper=None, size=100, options=()):
+        # IPv6(CN -> MN2) . DestOpt(..., TEL) . IPv6(...) as another tunnel's exit left it
+        carried = IPv6(src="2001:db8:9::1", dst=ntop(MN2)) / (upper or UDP() / (b"x" * size))
+        opts = list(options) + [HBHOptUnknown(otype=4, optdata=bytes([limit]))]
+        return bytes(IPv6(src=ntop(CN), dst=ntop(MN2)) / IPv6ExtHdrDestOpt(options=opts)
+                     / carried)
+
+    topo = make_topo("aes128gcm16", False, backend)
+    tel3 = tunnelled(3, options=[PadN(optdata=b"\0\0")])
+    tel0 = tunnelled(0)
+    about_error = bytes(IPv6(src=ntop(CN), dst=ntop(MN2))
+                        / IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=4, optdata=b"\0")])
+                        / ICMPv6PacketTooBig(mtu=1280) / (b"y" * 60))
+    got, want = topo.run("encap", [tel3, tel0, about_error, tunnelled(0, size=20)[:-20]
+                                   + bytes(20)])
+    assert got == want
+    assert [(v, r) for v, r, _ in got[:3]] == [
+        (Verdict.TO_WIRE, Reason.NONE), (Verdict.TO_HOME, Reason.ENCAP_LIMIT),
+        (Verdict.DROP, Reason.ENCAP_LIMIT)]
+    o = IPv6(got[0][2])
+    assert (o.src, o.dst, o.nh, o.plen) == (ntop(HA), ntop(COA2), 60, 8 + len(tel3))
+    d = o[IPv6ExtHdrDestOpt]
+    assert d.nh == 41 and len(bytes(d)) - len(bytes(d.payload)) == 8
+    assert [(x.otype, bytes(x.optdata)) for x in d.options if x.otype == 4] == [(4, b"\x02")]
+    assert bytes(d.payload) == tel3                       # the packet itself, unchanged
+    pp = IPv6(got[1][2])
+    assert (pp.src, pp.dst, pp.nh) == (ntop(HA), ntop(CN), 58)
+    err = pp[ICMPv6ParamProblem]
+    assert (err.code, err.ptr) == (0, 40 + 2 + 2) and tel0[err.ptr] == 0
+    assert bytes(err.payload) == tel0
+    raw_icmp = got[1][2][40:]
+    assert in6_chksum(58, pp, raw_icmp[:2] + b"\0\0" + raw_icmp[4:]) == err.cksum
+    # The limit's 8 bytes count against the MTU: 1452 fits plain, not with it.
+    fits_plain = tunnelled(5, size=1500 - 40 - 40 - 8 - 40 - 8)
+    assert len(fits_plain) == 1500 - 40
+    got, want = topo.run("encap", [fits_plain])
+    assert got == want and got[0][:2] == (Verdict.TO_HOME, Reason.TOO_BIG)
+    assert IPv6(got[0][2])[ICMPv6PacketTooBig].mtu == 1500 - 48
+    # ESP tunnel mode (MN1 has a payload SA): not an RFC 2473 tunnel, no limit.
+    to_mn1 = bytes(IPv6(src=ntop(CN), dst=ntop(MN1))
+                   / IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=4, optdata=b"\0")])
+                   / IPv6(src=ntop(CN), dst=ntop(MN1)) / ICMPv6EchoReply())
+    got, want = topo.run("encap", [to_mn1])
+    assert got == want and got[0][:2] == (Verdict.TO_WIRE, Reason.NONE)
+    assert IPv6(got[0][2]).nh == 50
+    # Inbound, a plain tunnel packet with a limit in its tunnel header opens.
+    up = bytes(IPv6(src=ntop(MN2), dst=ntop(CN)) / UDP() / b"z")
+    wire = bytes(IPv6(src=ntop(COA2), dst=ntop(HA))
+                 / IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=4, optdata=b"\x04")])
+                 / IPv6(up))
+    got, want = topo.run("decap", [wire])
+    assert got == want == [(Verdict.TO_HOME, Reason.NONE, up)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plain_tunnel_notes_fragment_below_a_lowered_path_mtu(backend):
+    """A plain IPv6-in-IPv6 packet of at most 1280 bytes over a path MTU a
+    Packet Too Big lowered leaves with the note FRAGMENT, as ESP ones do (the
+    worker cuts it at 1280), and is counted as no drop."""
+    from topo import COA2, MN2
+    topo = make_topo("aes128gcm16", False, backend)
+    assert topo.sad.set_path_mtu(COA2, 1280) == 1 and topo.ref.set_path_mtu(COA2, 1280) == 1
+    got, want = topo.run("encap", [inner(CN, MN2, 1280 - 40), inner(CN, MN2, 1280 - 39)])
+    assert got == want
+    assert [(v, r) for v, r, _ in got] == [(Verdict.TO_WIRE, Reason.NONE),
+                                           (Verdict.TO_WIRE, Reason.FRAGMENT)]
+    assert not any(topo.engine.counters()["drops"].values())

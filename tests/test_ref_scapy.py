@@ -760,7 +760,8 @@ def test_counters_shape_and_totals():
     assert set(c) == {"reasons", "verdicts", "sa"}
     assert c["reasons"] == {"unknown_spi": 0, "replay": 1, "icv": 0, "bad_padding": 0,
                             "policy": 0, "malformed": 1, "no_binding": 0, "too_big": 0,
-                            "seq_exhausted": 0, "dummy": 0, "congestion": 0}
+                            "seq_exhausted": 0, "dummy": 0, "congestion": 0,
+                            "encap_limit": 0}
     assert c["verdicts"] == {"drop": 2, "to_wire": 1, "to_home": 1, "punt": 0, "binding": 0}
     assert set(c["sa"]) == {SPI_IN, SPI_OUT, SPI_BIND_IN, SPI_BIND_OUT}
     assert c["sa"][SPI_IN]["drops"]["replay"] == 1

@@ -63,3 +63,31 @@ def test_below_a_lowered_path_mtu_the_worker_cuts_at_1280():
     assert bytes(sa.decrypt(IPv6(bytes(defragment6([a, b]))))) == to_mn1
     assert whole.dst == ntop(COA2) and IPv6ExtHdrFragment not in whole and whole.nh == 41
     assert fragmented == 1
+
+
+def test_a_tunnel_limit_header_travels_in_the_first_fragment():
+    """A plain tunnel packet whose header carries a Tunnel Encapsulation
+    Limit (8 bytes of destination options) and exceeds the wire MTU: the
+    destination options are part of what is fragmented (RFC 8200 §4.5), so
+    the first fragment carries them after its fragment header and scapy
+    reassembles the tunnel packet whole."""
+    from scapy.layers.inet6 import HBHOptUnknown, IPv6ExtHdrDestOpt
+    from topo import COA2, MN2
+    topo = make_topo("aes128gcm16")
+    rig = Rig(topo, mtu=1280, poll_ms=50)
+    carried = inner(CN, MN2, 1200, fill=b"\x03")
+    tel = bytes([41, 0, 4, 1, 7, 1, 1, 0]) + carried
+    pkt = bytes(IPv6(src=ntop(CN), dst=ntop(MN2), nh=60, plen=len(tel))) + tel
+    try:
+        rig.home.send(pkt)
+        assert rig.reader.wait_for(2, 5.0) == 2, rig.worker.counters()
+    finally:
+        rig.stop()
+    a, b = (IPv6(p) for p in rig.reader.got)
+    assert a[IPv6ExtHdrFragment].nh == 60 and a.dst == ntop(COA2)
+    whole = IPv6(bytes(defragment6([a, b])))
+    d = whole[IPv6ExtHdrDestOpt]
+    assert whole.nh == 60 and d.nh == 41
+    assert [(o.otype, bytes(o.optdata)) for o in d.options if isinstance(o, HBHOptUnknown)] \
+        == [(4, b"\x06")]
+    assert bytes(d.payload) == pkt

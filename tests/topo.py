@@ -96,7 +96,7 @@ def make_topo(alg="aes128-sha1", esn=False, backend="openssl", window=64, seed=1
         sad.add_sa(hoa, purpose, d, spi, alg, enc, auth, salt, esn, w)
         ref.add_sa(purpose, d, spi, alg, enc, auth, salt, esn, w, hoa=hoa)
     engine = Engine(sad, backend)
-    engine.ptb_rate = engine.ptb_burst = 1e9     # the reference path does not rate-limit
+    engine.icmp_error_rate = engine.icmp_error_burst = 1e9     # the reference path does not rate-limit
     return Topo(alg, esn, window, sad, engine, ref, keys)
 
 

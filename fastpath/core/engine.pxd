@@ -24,6 +24,7 @@ cdef enum:
     R_SEQ_EXHAUSTED = 9
     R_DUMMY = 10
     R_CONGESTION = 11
+    R_ENCAP_LIMIT = 12
     R_FRAGMENT = 8          # with TO_WIRE, not a drop: fragment at 1280 (a lowered path MTU)
     MAX_EXT_HEADERS = 8
     BINDING_MAX = 2048      # largest decapsulated BU/MH packet handed to the control plane
@@ -89,10 +90,10 @@ cdef class Engine:
     cdef int rnd_pos
     cdef public bint fixed_ivs          # take CBC IVs from batch.ivs (tests)
     cdef public bint lock_sleeps        # replay locks: sleep when contended (control thread)
-    cdef public double ptb_rate         # ICMPv6 Packet Too Big per second (token bucket)
-    cdef public double ptb_burst
-    cdef double ptb_tokens
-    cdef double ptb_last
+    cdef public double icmp_error_rate  # ICMPv6 errors (Packet Too Big, Parameter Problem) per second
+    cdef public double icmp_error_burst
+    cdef double icmp_error_tokens
+    cdef double icmp_error_last
     cdef uint64_t drops[N_REASONS]
     cdef uint64_t verdicts[N_VERDICTS]
 
@@ -105,9 +106,13 @@ cdef class Engine:
     cdef inline void _verdict(self, Batch b, int i, int v, int reason, int32_t sa) noexcept nogil
     cdef inline const uint8_t *_iv(self, Batch b, int i) noexcept nogil
     cdef inline const uint8_t *_iv_scratch(self) noexcept nogil
-    cdef bint _ptb_token(self) noexcept nogil
+    cdef bint _icmp_error_token(self) noexcept nogil
     cdef void _too_big(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s,
                        int32_t inner_mtu) noexcept nogil
+    cdef void _icmp_error(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s, int reason,
+                          uint8_t kind, uint32_t word) noexcept nogil
+    cdef void _plain_out(self, Batch b, int i, uint8_t *p, int32_t n,
+                         fp_out_state *st) noexcept nogil
     cdef void _encap(self, Batch b) noexcept nogil
     cdef void _classify_out(self, Batch b, fp_out_state *st) noexcept nogil
     cdef void _classify_one(self, Batch b, int i, uint8_t *p, int32_t n,

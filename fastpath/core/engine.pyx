@@ -168,6 +168,36 @@ cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
     return off >= n or p[off] < 128
 
 
+cdef int32_t tel_offset(const uint8_t *p, int32_t n) noexcept nogil:
+    """Where the value of the packet's Tunnel Encapsulation Limit option
+    (type 4, length 1; RFC 2473 §4.1.1) is: the first in a destination-
+    options header before the upper layer. -1 when there is none or the
+    chain or an option runs past its end. Reference: fastpath.ref.ipv6.find_tel."""
+    cdef int32_t off = 40, end, o
+    cdef uint8_t nh = p[6]
+    cdef int k = 0
+    while (nh == 0 or nh == 43 or nh == 60) and k < MAX_EXT_HEADERS:
+        if off + 2 > n:
+            return -1
+        end = off + (p[off + 1] + 1) * 8
+        if end > n:
+            return -1
+        o = off + 2
+        while nh == 60 and o < end:
+            if p[o] == 0:                   # Pad1
+                o += 1
+                continue
+            if o + 2 > end or o + 2 + p[o + 1] > end:
+                return -1
+            if p[o] == 4 and p[o + 1] == 1:
+                return o + 2
+            o += 2 + p[o + 1]
+        nh = p[off]
+        off = end
+        k += 1
+    return -1
+
+
 cdef class Engine:
     """One worker's engine over a shared SADatabase (attributes: engine.pxd).
 
@@ -197,9 +227,9 @@ cdef class Engine:
         if self.jobs == NULL or self.bindings == NULL or self.rnd == NULL:
             raise MemoryError()
         self.rnd_pos = RND_BYTES
-        self.ptb_rate = 100.0
-        self.ptb_burst = 100.0
-        self.ptb_tokens = 100.0
+        self.icmp_error_rate = 100.0
+        self.icmp_error_burst = 100.0
+        self.icmp_error_tokens = 100.0
         self.worker = sad.register_worker()
 
     def __dealloc__(self):
@@ -352,25 +382,32 @@ cdef class Engine:
             return b.c_iv + i * 16
         return self._iv_scratch()
 
-    cdef bint _ptb_token(self) noexcept nogil:
-        return fp_bucket_take(&self.ptb_tokens, &self.ptb_last, self.ptb_rate, self.ptb_burst)
+    cdef bint _icmp_error_token(self) noexcept nogil:
+        return fp_bucket_take(&self.icmp_error_tokens, &self.icmp_error_last, self.icmp_error_rate, self.icmp_error_burst)
 
     cdef void _too_big(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s,
                        int32_t inner_mtu) noexcept nogil:
         """The packet does not fit the tunnel: answer its source with an ICMPv6
-        Packet Too Big (RFC 2473 §7.1, RFC 4459, RFC 4443 §3.2), built in place
-        around the packet's own first bytes; rate-limited; never for packets
-        of 1280 bytes or less (IPv6's minimum MTU) nor where RFC 4443 §2.4 (e)
-        forbids an error (no_error_about)."""
+        Packet Too Big (RFC 2473 §7.1, RFC 4459, RFC 4443 §3.2); never for
+        packets of 1280 bytes or less (IPv6's minimum MTU)."""
+        if n <= 1280:
+            self._verdict(b, i, V_DROP, R_TOO_BIG, s)
+            return
+        self._icmp_error(b, i, p, n, s, R_TOO_BIG, 2, inner_mtu if inner_mtu > 1280 else 1280)
+
+    cdef void _icmp_error(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s, int reason,
+                          uint8_t kind, uint32_t word) noexcept nogil:
+        """Refuse the packet under `reason` and answer its source with an
+        ICMPv6 error of type `kind`, code 0, `word` after the checksum (RFC
+        4443 §2.1), built in place around the packet's own first bytes;
+        rate-limited, and never where RFC 4443 §2.4 (e) forbids an error
+        (no_error_about): then only a drop."""
         cdef uint8_t *q = p - 48
         cdef int32_t plen = n if n < 1280 - 48 else 1280 - 48
         cdef uint32_t sum
-        cdef int32_t e
-        if n <= 1280 or no_error_about(p, n) or not self._ptb_token():
-            self._verdict(b, i, V_DROP, R_TOO_BIG, s)
+        if no_error_about(p, n) or not self._icmp_error_token():
+            self._verdict(b, i, V_DROP, reason, s)
             return
-        if inner_mtu < 1280:
-            inner_mtu = 1280
         memset(q, 0, 48)
         q[0] = 0x60
         wr16(q + 4, 8 + plen)
@@ -378,18 +415,18 @@ cdef class Engine:
         q[7] = 64
         memcpy(q + 8, <const uint8_t *>self.t.ha if self.t.role == ROLE_HA else p + 8, 16)
         memcpy(q + 24, p + 8, 16)
-        q[40] = 2                       # Packet Too Big, code 0
-        q[44] = <uint8_t>(inner_mtu >> 24)
-        q[45] = <uint8_t>(inner_mtu >> 16)
-        q[46] = <uint8_t>(inner_mtu >> 8)
-        q[47] = <uint8_t>inner_mtu
+        q[40] = kind
+        q[44] = <uint8_t>(word >> 24)
+        q[45] = <uint8_t>(word >> 16)
+        q[46] = <uint8_t>(word >> 8)
+        q[47] = <uint8_t>word
         sum = csum_add(0, q + 8, 32)    # pseudo-header: addresses, length, next header
         sum += <uint32_t>(8 + plen) + 58
         sum = csum_add(sum, q + 40, 8 + plen)
         wr16(q + 42, csum_fold(sum))
         b.c_off[i] -= 48
         b.c_len[i] = 48 + plen
-        self._verdict(b, i, V_TO_HOME, R_TOO_BIG, s)
+        self._verdict(b, i, V_TO_HOME, reason, s)
 
     def seal_mobility(self, hoa, bytes mh not None, peer):
         """A Mobility Header sealed in ESP transport mode on the mobile node's
@@ -593,7 +630,6 @@ cdef class Engine:
         cdef fp_keys *kk
         cdef fp_mn *mn
         cdef fp_job *j
-        cdef uint8_t *outer
         if not st.cached or not fp_eq128(a, st.hi, st.lo):
             st.fast = False
             m = sad_find_mn(t, a)
@@ -640,6 +676,9 @@ cdef class Engine:
                     st.runs[st.run].want = 0
                     st.nruns += 1
         st.fast = st.rr < 0 and s >= 0 and st.run >= 0
+        if s < 0:
+            self._plain_out(b, i, p, n, st)
+            return
         # A packet of up to 1280 bytes is tunnelled even when it does not fit:
         # its outer packet leaves fragmented (RFC 2473 §7.1; the worker
         # fragments).
@@ -652,17 +691,6 @@ cdef class Engine:
             # path MTU a PTB lowered, this tells it to cut at 1280 bytes.
             if t.eps[st.e].mtu < <int32_t>t.mtu:
                 b.c_reason[i] = R_FRAGMENT
-        if s < 0:
-            # Plain IPv6-in-IPv6 (RFC 2473).
-            outer = p - 40
-            fp_copy40(outer, t.eps[st.e].hdr)
-            set_outer_tc(outer, p)
-            wr16(outer + 4, n)
-            outer[6] = 41
-            b.c_off[i] -= 40
-            b.c_len[i] = n + 40
-            self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
-            return
         j = &self.jobs[st.nj]
         st.nj += 1
         j.slot = i
@@ -673,6 +701,52 @@ cdef class Engine:
         j.run = st.run
         if st.run >= 0:
             st.runs[st.run].want += 1
+
+    cdef void _plain_out(self, Batch b, int i, uint8_t *p, int32_t n,
+                         fp_out_state *st) noexcept nogil:
+        """Plain IPv6-in-IPv6 (RFC 2473) for a mobile node without a payload
+        SA. A packet that already carries a Tunnel Encapsulation Limit (it
+        left another tunnel) gets it, one lower, in a destination-options
+        header of ours (8 bytes more); at 0 it may not enter another tunnel:
+        Parameter Problem pointing at the limit (RFC 2473 §5.1)."""
+        cdef fp_sad *t = self.t
+        cdef int32_t tel = -1, hl = 40, fit = st.fit
+        cdef bint frag = False
+        cdef uint8_t *outer
+        if p[6] == 0 or p[6] == 43 or p[6] == 60:
+            tel = tel_offset(p, n)
+            if tel >= 0:
+                if p[tel] == 0:
+                    self._icmp_error(b, i, p, n, -1, R_ENCAP_LIMIT, 4, <uint32_t>tel)
+                    return
+                hl = 48
+                fit -= 8
+        if n > fit:                            # as for ESP in _classify_one
+            if n > 1280:
+                self._too_big(b, i, p, n, -1, fit)
+                return
+            frag = t.eps[st.e].mtu < <int32_t>t.mtu
+        outer = p - hl
+        fp_copy40(outer, t.eps[st.e].hdr)
+        set_outer_tc(outer, p)
+        wr16(outer + 4, n + hl - 40)
+        if tel < 0:
+            outer[6] = 41
+        else:
+            outer[6] = 60
+            outer[40] = 41
+            outer[41] = 0
+            outer[42] = 4                       # Tunnel Encapsulation Limit
+            outer[43] = 1
+            outer[44] = p[tel] - 1
+            outer[45] = 1                       # PadN, 1 byte
+            outer[46] = 1
+            outer[47] = 0
+        b.c_off[i] -= hl
+        b.c_len[i] = n + hl
+        self._verdict(b, i, V_TO_WIRE, R_NONE, -1)
+        if frag:
+            b.c_reason[i] = R_FRAGMENT          # a note for the worker, not a drop
 
     cdef void _frame_out(self, Batch b, fp_out_state *st) noexcept nogil:
         """Pass 3: sequence number, ESP framing and outer header for every

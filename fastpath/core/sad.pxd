@@ -13,7 +13,7 @@ from fastpath.core.esp cimport fp_keys
 from fastpath.core.includes.atomic cimport fp_load_acq_i32
 
 cdef enum:
-    N_REASONS = 12        # fastpath/verdicts.py Reason
+    N_REASONS = 13        # fastpath/verdicts.py Reason
     MAX_WORKERS = 64
     N_PURPOSES = 4
     PURPOSE_BINDING = 0

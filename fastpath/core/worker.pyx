@@ -512,7 +512,9 @@ cdef class Worker:
                                int32_t mtu) noexcept nogil:
         """An outer packet longer than the wire MTU (only ever one that carries
         an inner packet of <= 1280 bytes: RFC 2473 §7.1) leaves as IPv6
-        fragments (RFC 8200 §4.5); our outer header has no extension headers."""
+        fragments (RFC 8200 §4.5). All after the fixed header is the
+        fragmentable part: our outer header has at most a destination-options
+        header (a Tunnel Encapsulation Limit), which travels in the first fragment."""
         cdef int32_t room = (mtu - 48) & ~7
         cdef int32_t off = 0, part
         cdef uint8_t *q = self.frag_buf

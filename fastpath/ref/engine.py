@@ -197,10 +197,19 @@ class RefEngine:
         # outer packet fragmented - at 1280 bytes below a lowered path MTU,
         # which the reason FRAGMENT on the TO_WIRE verdict tells the worker.
         if sa is None:      # plain IPv6-in-IPv6 (RFC 2473)
-            over = ipv6.HEADER_LEN + len(pkt) > mtu
+            # A Tunnel Encapsulation Limit in the packet (it came out of
+            # another tunnel) goes on, one lower, in our tunnel header; at 0
+            # the packet may not enter another tunnel (RFC 2473 §5.1).
+            tel = ipv6.find_tel(pkt)
+            if tel is not None and pkt[tel] == 0:
+                return self._icmp_error(Reason.ENCAP_LIMIT, pkt, None,
+                                        ipv6.parameter_problem, tel)
+            ext = b"" if tel is None else ipv6.tel_destopt(pkt[tel] - 1, NH_IPV6)
+            over = ipv6.HEADER_LEN + len(ext) + len(pkt) > mtu
             if over and len(pkt) > ipv6.MIN_MTU:
-                return self._too_big(pkt, mtu - ipv6.HEADER_LEN, None)
-            return self._emit(Verdict.TO_WIRE, self._outer(mn, NH_IPV6, pkt, pkt),
+                return self._too_big(pkt, mtu - ipv6.HEADER_LEN - len(ext), None)
+            nh = NH_DSTOPTS if ext else NH_IPV6
+            return self._emit(Verdict.TO_WIRE, self._outer(mn, nh, ext + pkt, pkt),
                               Reason.FRAGMENT if over and mtu < self.mtu else Reason.NONE)
         over = ipv6.HEADER_LEN + sa.esp.sealed_len(len(pkt)) > mtu
         if over and len(pkt) > ipv6.MIN_MTU:
@@ -218,16 +227,25 @@ class RefEngine:
     def _too_big(self, pkt: bytes, inner_mtu: int, sa: SaEntry | None) -> Result:
         """RFC 2473 §7.1 / RFC 4459: a packet the tunnel cannot carry is answered
         with an ICMPv6 Packet Too Big to its source (never about a packet of
-        1280 bytes or less, nor where RFC 4443 §2.4 e forbids an error); the
-        packet itself is dropped either way and counted as too_big."""
-        if len(pkt) <= ipv6.MIN_MTU or _no_error_about(pkt):
+        1280 bytes or less); counted as too_big."""
+        if len(pkt) <= ipv6.MIN_MTU:
             return self._drop(Reason.TOO_BIG, sa)
-        ptb = ipv6.packet_too_big(self.ha_address, pkt, max(inner_mtu, ipv6.MIN_MTU))
-        self._reasons["too_big"] += 1
+        return self._icmp_error(Reason.TOO_BIG, pkt, sa, ipv6.packet_too_big,
+                                max(inner_mtu, ipv6.MIN_MTU))
+
+    def _icmp_error(self, reason: Reason, pkt: bytes, sa: SaEntry | None, build,
+                    word: int) -> Result:
+        """The packet is refused (counted under `reason`) and, unless RFC 4443
+        §2.4 e forbids an error about it, answered with build(HA, pkt, word):
+        verdict TO_HOME. (The compiled engine also rate-limits these.)"""
+        if _no_error_about(pkt):
+            return self._drop(reason, sa)
+        name = reason.name.lower()
+        self._reasons[name] += 1
         if sa is not None:
-            self._per_spi[sa.spi]["drops"]["too_big"] += 1
+            self._per_spi[sa.spi]["drops"][name] += 1
         self._verdicts["to_home"] += 1
-        return Verdict.TO_HOME, Reason.TOO_BIG, ptb
+        return Verdict.TO_HOME, reason, build(self.ha_address, pkt, word)
 
     def _outer(self, mn: MobileNode, nh: int, payload: bytes, inner: bytes) -> bytes:
         # the inner traffic class, DSCP and ECN, is copied (RFC 4301 §5.1.2.1,

@@ -32,6 +32,7 @@ MAX_EXT_HEADERS = 8
 
 OPT_PAD1 = 0
 OPT_PADN = 1
+OPT_TEL = 4         # Tunnel Encapsulation Limit option, RFC 2473 §4.1.1
 OPT_HAO = 201       # Home Address option, RFC 6275 §6.3
 HAO_LEN = 16
 
@@ -241,7 +242,6 @@ def mh_type(pkt: bytes, start: int = 0) -> int | None:
     return pkt[chain.offset + 2]
 
 
-NH_ICMPV6 = 58
 MIN_MTU = 1280          # RFC 8200 §5
 
 
@@ -256,24 +256,69 @@ def checksum(src: bytes, dst: bytes, nh: int, upper: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def packet_too_big(src: bytes, original: bytes, mtu: int) -> bytes:
-    """ICMPv6 Packet Too Big (RFC 4443 §3.2) from `src` to the original's
-    source, carrying as much of the original as fits in 1280 bytes."""
+def icmp_error(src: bytes, original: bytes, kind: int, code: int, word: int) -> bytes:
+    """An ICMPv6 error message (RFC 4443 §2.1) from `src` to the original's
+    source: type, code, the 4-byte field after the checksum, and as much of
+    the original as fits in 1280 bytes."""
     body = original[: MIN_MTU - HEADER_LEN - 8]
-    icmp = bytes([2, 0, 0, 0]) + mtu.to_bytes(4, "big") + body
+    icmp = bytes([kind, code, 0, 0]) + word.to_bytes(4, "big") + body
     dst = original[8:24]
     csum = checksum(src, dst, NH_ICMPV6, icmp)
     icmp = icmp[:2] + csum.to_bytes(2, "big") + icmp[4:]
     return ipv6_header(src, dst, NH_ICMPV6, len(icmp)) + icmp
 
 
+def packet_too_big(src: bytes, original: bytes, mtu: int) -> bytes:
+    """ICMPv6 Packet Too Big (RFC 4443 §3.2)."""
+    return icmp_error(src, original, 2, 0, mtu)
+
+
+def parameter_problem(src: bytes, original: bytes, pointer: int) -> bytes:
+    """ICMPv6 Parameter Problem, code 0 (erroneous header field, RFC 4443 §3.4):
+    `pointer` is the offset of the offending byte in the original."""
+    return icmp_error(src, original, 4, 0, pointer)
+
+
+def find_tel(pkt: bytes) -> int | None:
+    """Where the value of the Tunnel Encapsulation Limit option (type 4,
+    length 1; RFC 2473 §4.1.1) of the IPv6 packet `pkt` sits: the first one
+    in a destination-options header before its upper layer, walking
+    hop-by-hop, routing and destination-options headers. None when there is
+    none, or when the chain or an option runs past its end (a packet this
+    node only forwards: not for it to judge)."""
+    nh, off, count = pkt[6], HEADER_LEN, 0
+    while nh in SKIPPED and count < MAX_EXT_HEADERS:
+        if off + 2 > len(pkt) or off + (pkt[off + 1] + 1) * 8 > len(pkt):
+            return None
+        end = off + (pkt[off + 1] + 1) * 8
+        i = off + 2
+        while nh == NH_DSTOPTS and i < end:
+            if pkt[i] == OPT_PAD1:
+                i += 1
+                continue
+            if i + 2 > end or i + 2 + pkt[i + 1] > end:
+                return None
+            if pkt[i] == OPT_TEL and pkt[i + 1] == 1:
+                return i + 2
+            i += 2 + pkt[i + 1]
+        nh, off, count = pkt[off], end, count + 1
+    return None
+
+
+def tel_destopt(limit: int, nh: int) -> bytes:
+    """A destination-options header carrying only a Tunnel Encapsulation
+    Limit option (8 bytes, a 1-byte PadN to fill it), for a tunnel header."""
+    return bytes([nh, 0, OPT_TEL, 1, limit, OPT_PADN, 1, 0])
+
+
 NH_FRAGMENT_HDR = 44
 
 
 def fragment(pkt: bytes, mtu: int, ident: int) -> list[bytes]:
-    """Split an IPv6 packet without extension headers into fragments of at
-    most `mtu` bytes (RFC 8200 §4.5): how a tunnel entry point sends an outer
-    packet that the tunnel's MTU cannot carry (RFC 2473 §7.1)."""
+    """Split an IPv6 packet into fragments of at most `mtu` bytes (RFC 8200
+    §4.5), everything after its fixed header being the fragmentable part (a
+    tunnel header's destination options too): how a tunnel entry point sends
+    an outer packet that the tunnel's MTU cannot carry (RFC 2473 §7.1)."""
     if len(pkt) <= mtu:
         return [pkt]
     hdr, body = pkt[:HEADER_LEN], pkt[HEADER_LEN:]
