@@ -22,7 +22,7 @@ import stat
 import time
 from collections import Counter
 
-from fastpath import metrics
+from fastpath import metrics, prefix
 from fastpath.reassembly import Reassembler, fragment_header_offset
 from fastpath.verdicts import Verdict
 
@@ -472,6 +472,9 @@ class ControlPlane:
             log.log(level, "%s: %s", what, e)
 
     def _binding_update(self, vb):
+        if vb.purpose == "prefix-discovery":
+            self._prefix_solicitation(vb)
+            return None
         if self.registration is not None:
             self._binding_ack(vb)
             return None
@@ -479,6 +482,29 @@ class ControlPlane:
             self.events["binding.unprocessed"] += 1
             return None
         return self.bindings.process(vb, time.monotonic())
+
+    def _prefix_solicitation(self, vb) -> None:
+        """An authenticated Mobile Prefix Solicitation (the engine issues
+        these at a home agent only): answered with the home prefix."""
+        self.events["prefix.solicitations"] += 1
+        ha = self.fwd.cfg.home_agent
+        try:
+            pkt = prefix.answer(self.fwd.control_engine, vb, ha.home_prefix, ha.address.packed)
+        except prefix.PrefixError as e:
+            self.events["prefix.malformed"] += 1
+            log.debug("Mobile Prefix Solicitation from %s not answered: %s",
+                      ipaddress.IPv6Address(vb.home_address), e)
+            return
+        except KeyError:
+            self.events["prefix.no_out_sa"] += 1
+            log.warning("Mobile Prefix Solicitation from %s not answered: no prefix-discovery "
+                        "out SA in the config", ipaddress.IPv6Address(vb.home_address))
+            return
+        if pkt is None:
+            self.events["prefix.seq_exhausted"] += 1
+            return
+        self._write(self.fwd.wire_fd, pkt, "prefix.advertisements_sent", "prefix.write_error",
+                    "Mobile Prefix Advertisement not sent")
 
     def _send_ba(self, decision) -> None:
         from fastpath.binding import build_ba_packet

@@ -14,7 +14,7 @@ import stat
 from collections import Counter
 from dataclasses import dataclass, field
 
-from fastpath import pcap
+from fastpath import pcap, prefix
 from fastpath.core.batch import Batch
 from fastpath.core.engine import Engine
 from fastpath.reassembly import Reassembler, fragment_header_offset
@@ -36,6 +36,8 @@ class ReplayResult:
     verdicts: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
     binding_acks: int = 0
+    prefix_advertisements: int = 0        # answers to Mobile Prefix Solicitations
+    prefix_unanswered: int = 0             # solicitations not answered (malformed, no SA)
     binding_statuses: Counter = field(default_factory=Counter)
     reassembly: dict = field(default_factory=dict)   # Reassembler.counters()
     cut_by_snaplen: int = 0                # records shorter than the packet on the wire
@@ -51,6 +53,21 @@ def _side(pkt: bytes, ha: bytes, homes: set[bytes]) -> str | None:
     if dst in homes:
         return HOME
     return None
+
+
+def _prefix_answer(engine, vb, cfg, res: ReplayResult) -> bytes | None:
+    """The Mobile Prefix Advertisement for an authenticated solicitation
+    (fastpath.prefix), counted; None when it is not answered."""
+    ha = cfg.home_agent
+    try:
+        pkt = prefix.answer(engine, vb, ha.home_prefix, ha.address.packed)
+    except (prefix.PrefixError, KeyError):
+        pkt = None
+    if pkt is None:
+        res.prefix_unanswered += 1
+    else:
+        res.prefix_advertisements += 1
+    return pkt
 
 
 def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) -> tuple[ReplayResult, object]:
@@ -80,14 +97,19 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
             else:
                 engine.decap(batch)
             # Authenticated Binding Updates go to the binding cache, with the
-            # capture's clock; a Binding Ack takes the BU's place in the output.
+            # capture's clock; a Binding Ack takes the BU's place in the output
+            # (and a Mobile Prefix Advertisement a solicitation's).
             acks = {}
             for slot, vb in (engine.take_bindings() if side_of_batch[0] == WIRE else ()):
+                if vb.purpose == "prefix-discovery":
+                    acks[slot] = _prefix_answer(engine, vb, cfg, res)
+                    continue
                 decision = cache.process(vb, pending[slot])
                 if decision.status is not None:
                     res.binding_statuses[decision.status] += 1
                 if decision.ba is not None:
                     acks[slot] = build_ba_packet(engine, decision)
+                    res.binding_acks += acks[slot] is not None
             for i, (v, r, data) in enumerate(batch.results()):
                 res.verdicts[Verdict(v).name.lower()] += 1
                 if v == Verdict.DROP:
@@ -105,7 +127,6 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                 if acks.get(i) is not None:
                     out.write(acks[i], pending[i])
                     res.packets_out += 1
-                    res.binding_acks += 1
             pending.clear()
             batch.count = 0
 
@@ -234,6 +255,9 @@ def format_report(res: ReplayResult, sad) -> str:
         lines.append("binding updates: " + ", ".join(
             f"status {k}={v}" for k, v in sorted(res.binding_statuses.items()))
             + f"; binding acks written: {res.binding_acks}")
+    if res.prefix_advertisements or res.prefix_unanswered:
+        lines.append(f"mobile prefix solicitations answered: {res.prefix_advertisements}, "
+                     f"not answered: {res.prefix_unanswered}")
     if res.cut_by_snaplen:
         lines.append(f"records cut by the capture's snapshot length: {res.cut_by_snaplen} "
                      "(processed as captured: ESP ones fail their ICV)")

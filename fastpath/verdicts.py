@@ -10,8 +10,9 @@ class Verdict(enum.IntEnum):
     TO_WIRE = 1   # emit on the wire side (fp-wire): an encapsulated packet
     TO_HOME = 2   # emit on the home side (fp-home): a decapsulated inner packet
     PUNT = 3      # hand the packet, unchanged, to the control plane
-    BINDING = 4   # verified transport-mode Mobility Header from a binding SA:
-                  # the slot holds the packet with ESP removed
+    BINDING = 4   # verified transport-mode control message (a Mobility Header from a
+                  # binding SA, a Mobile Prefix Solicitation from a prefix-discovery
+                  # SA): the slot holds the packet with ESP removed
 
 
 class Reason(enum.IntEnum):

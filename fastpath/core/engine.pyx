@@ -428,10 +428,11 @@ cdef class Engine:
         b.c_len[i] = 48 + plen
         self._verdict(b, i, V_TO_HOME, reason, s)
 
-    def seal_mobility(self, hoa, bytes mh not None, peer):
+    def seal_mobility(self, hoa, bytes mh not None, peer, bint prefix_discovery=False):
         """A Mobility Header sealed in ESP transport mode on the mobile node's
         binding out SA (RFC 3776 §3.1), as one packet (control plane, not per
-        packet). Home agent: IPv6(HA -> peer CoA) . RH2(HoA) . ESP . MH (a
+        packet); with prefix_discovery, an ICMPv6 message (a Mobile Prefix
+        Advertisement, next header 58) on its prefix-discovery out SA (§3.3). Home agent: IPv6(HA -> peer CoA) . RH2(HoA) . ESP . MH (a
         Binding Ack), or IPv6(HA -> HoA) . ESP . MH when the peer is the home
         address itself (a node deregistering from its home link: no routing
         header, RFC 6275 §9.5.4). Mobile node: IPv6(peer = own CoA -> HA) .
@@ -451,9 +452,10 @@ cdef class Engine:
         cdef const uint8_t *ivp = NULL
         if m < 0:
             raise KeyError(f"unknown home address")
-        s = self.t.mns[m].sa[PURPOSE_BINDING][DIR_OUT]
+        s = self.t.mns[m].sa[PURPOSE_PD if prefix_discovery else PURPOSE_BINDING][DIR_OUT]
         if s < 0:
-            raise KeyError("this mobile node has no binding out SA")
+            raise KeyError("this mobile node has no %s out SA"
+                           % ("prefix-discovery" if prefix_discovery else "binding"))
         sa = &self.t.sas[s]
         seq = fp_next_seq(&self.t.hot[s].seq, fp_load_u64(&self.t.hot[s].seq_limit))
         if seq == 0:
@@ -467,7 +469,8 @@ cdef class Engine:
             ivp = self._iv_scratch()
         memset(&j, 0, sizeof(fp_job))
         j.sa = s
-        esp_len = esp_frame_out(&j, sa.keys, body, len(mh), sa.spi, seq, sa.esn, 135, ivp)
+        esp_len = esp_frame_out(&j, sa.keys, body, len(mh), sa.spi, seq, sa.esn,
+                                58 if prefix_discovery else 135, ivp)
         self.crypto.seal(&j, 1)
         if not j.ok:
             raise RuntimeError("ESP seal failed")
@@ -1223,9 +1226,10 @@ cdef class Engine:
 
     cdef int32_t _finish_transport(self, Batch b, fp_job *j, fp_sa *sa, int32_t plen,
                                    uint8_t nxt) noexcept nogil:
-        """_finish_in() for a transport-mode SA (a BU at the HA, a BA at the
-        MN): the packet with ESP removed goes to the control plane. Returns
-        the bytes counted, or -1 when it was dropped."""
+        """_finish_in() for a transport-mode SA (a BU or a Mobile Prefix
+        Solicitation at the HA, a BA at the MN): the packet with ESP removed
+        goes to the control plane. Returns the bytes counted, or -1 when it
+        was dropped."""
         cdef int i = j.slot
         cdef int32_t s = j.sa
         cdef int32_t hl, newlen
@@ -1245,12 +1249,18 @@ cdef class Engine:
         elif memcmp(j.hoa, sa.hoa, 16) != 0:
             self._verdict(b, i, V_DROP, R_POLICY, s)
             return -1
-        if nxt != 135:
+        if sa.purpose == PURPOSE_PD:
+            # The prefix-discovery SA carries Mobile Prefix Solicitations
+            # (ICMPv6 type 146) to the home agent and nothing else (RFC 3776
+            # §4.4); a BU on it must not move the binding (§4.1). The mobile-
+            # node role does not do prefix discovery.
+            if self.t.role != ROLE_HA or nxt != 58 or plen < 1 or j.ct[0] != 146:
+                self._verdict(b, i, V_DROP, R_POLICY, s)
+                return -1
+        elif nxt != 135:
             self._verdict(b, i, V_DROP, R_MALFORMED, s)
             return -1
-        # Only the binding SA may carry a Binding Update (RFC 3776 §4.1): one
-        # on the prefix-discovery SA must not move the binding.
-        if sa.purpose != PURPOSE_BINDING:
+        elif sa.purpose != PURPOSE_BINDING:
             self._verdict(b, i, V_DROP, R_POLICY, s)
             return -1
         hl = 8 + sa.keys.iv_len
@@ -1262,7 +1272,7 @@ cdef class Engine:
         p = j.esp - j.esp_off
         q = p + hl
         memmove(q, p, j.esp_off)
-        q[j.nh_pos] = 135
+        q[j.nh_pos] = nxt
         wr16(q + 4, newlen - 40)
         b.c_off[i] += hl
         b.c_len[i] = newlen

@@ -136,10 +136,13 @@ cdef inline int32_t sad_find_spi(const fp_sad *t, uint32_t spi) noexcept nogil:
 
 cdef class VerifiedBinding:
     """A Mobility Header that arrived on a mobile node's binding SA with a
-    valid ICV, a fresh ESP sequence number and a HAO equal to the SA's HoA.
+    valid ICV, a fresh ESP sequence number and a HAO equal to the SA's HoA
+    (or, with purpose "prefix-discovery", a Mobile Prefix Solicitation that
+    arrived so on its prefix-discovery SA: it moves nothing).
 
     Only the engine issues these (Python code cannot construct one), and it
     is the only thing SADatabase.move() accepts: no other path moves an SA."""
+    cdef readonly str purpose           # the SA's: "binding" or "prefix-discovery"
     cdef readonly bytes home_address
     cdef readonly bytes source          # outer source address (the CoA unless an Alternate CoA says otherwise)
     cdef readonly bytes packet          # IPv6 header chain + MH, ESP removed

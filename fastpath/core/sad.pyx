@@ -80,6 +80,7 @@ cdef VerifiedBinding issue_binding(object issuer, int32_t mn, const fp_sa *sa, u
     vb.mn = mn
     vb.spi = sa.spi
     vb.esp_seq = seq
+    vb.purpose = PURPOSE_NAMES[sa.purpose]
     vb.home_address = PyBytes_FromStringAndSize(<const char *>sa.hoa, 16)
     vb.source = PyBytes_FromStringAndSize(<const char *>pkt + 8, 16)
     vb.packet = PyBytes_FromStringAndSize(<const char *>pkt, length)
@@ -342,6 +343,8 @@ cdef class SADatabase:
         self._publish(binding.mn, NULL)
 
     def _check_binding(self, VerifiedBinding binding):
+        if binding.purpose != "binding":
+            raise ValueError("only a Binding Update from a binding SA moves a binding")
         if binding.issuer is not self:
             raise ValueError("this Binding Update was verified by another SA table")
         if binding.used:

@@ -45,7 +45,7 @@ cdef enum:
     RING_SLOTS = 1024       # a burst of BUs waits here while the control loop catches up
     PUNT_DATA = 2048        # the smallest slot: a worker's slots hold its largest packet
     KIND_PUNT = 1          # a wire-side packet the engine does not handle, unchanged
-    KIND_BINDING = 2       # an authenticated Mobility Header from a binding SA
+    KIND_BINDING = 2       # authenticated: an MH from a binding SA, an MPS from a prefix-discovery SA
     FRAG_BUF = 9216        # one fragment (at most the wire MTU we fragment for)
     PUNT_RATE = 10000      # default policing of unauthenticated punts, per worker and second
     PUNT_BURST = 1000

@@ -29,6 +29,7 @@ PURPOSES = {
 DIRECTIONS = ("in", "out")
 
 MH_HOME_TEST_INIT = 1
+ICMP_MPS = 146           # Mobile Prefix Solicitation (RFC 6275 §6.7)
 MH_HOME_TEST = 3
 OUTER_HOP_LIMIT = 64
 
@@ -328,9 +329,14 @@ class RefEngine:
         hoa = chain.hoa if chain.hoa is not None else pkt[8:24]
         if hoa != sa.hoa:
             return self._drop(Reason.POLICY, sa)
-        if nh != NH_MH:
+        if sa.purpose == "prefix-discovery":
+            # Mobile Prefix Solicitations and nothing else (RFC 3776 §4.4): a
+            # BU on this SA moves nothing (§4.1)
+            if nh != ipv6.NH_ICMPV6 or payload[:1] != bytes([ICMP_MPS]):
+                return self._drop(Reason.POLICY, sa)
+        elif nh != NH_MH:
             return self._drop(Reason.MALFORMED, sa)
-        if sa.purpose != "binding":         # a BU on the prefix-discovery SA moves nothing
+        elif sa.purpose != "binding":
             return self._drop(Reason.POLICY, sa)
         out = bytearray(pkt[:chain.offset]) + payload
         out[chain.nh_field] = nh
