@@ -97,11 +97,12 @@ from dataclasses import dataclass, field
 
 from fastpath import mh
 from fastpath.mh import BAStatus
+from fastpath.ref.ipv6 import ipv6_header
 
 log = logging.getLogger("fastpath.binding")
 
 __all__ = ["BindingCache", "Decision", "ErrorReply", "Entry", "build_ba_packet",
-           "HOLD_SECONDS"]
+           "build_binding_error_packet", "HOLD_SECONDS"]
 
 HOLD_SECONDS = 10.0      # an ended binding's entry stays this long, invalid
 
@@ -623,3 +624,18 @@ def build_ba_packet(engine, decision: Decision) -> bytes | None:
     hoa = decision.home_address
     body = mh.build(decision.ba, decision.ha_address, hoa)
     return engine.seal_mobility(hoa, body, decision.destination)
+
+
+def build_binding_error_packet(ha: bytes, error: ErrorReply) -> bytes:
+    """The Binding Error of `error` (kind 'binding_error') as it goes on the
+    wire (RFC 6275 §6.1.9, §9.3.3): IPv6(HA -> the offending packet's
+    source) . MH, in the clear - no SA's selectors cover Binding Errors
+    (RFC 3776 §4) - with the Home Address field set to the offending
+    packet's Home Address option, or unspecified when it came from the home
+    address itself without one."""
+    if error.kind != "binding_error":
+        raise ValueError(f"not a Binding Error: {error.kind}")
+    hoa = error.home_address if error.home_address != error.destination else bytes(16)
+    body = mh.build(mh.BindingError(status=error.status, home_address=hoa), ha,
+                    error.destination)
+    return ipv6_header(ha, error.destination, mh.IPPROTO_MH, len(body)) + body

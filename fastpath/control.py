@@ -23,6 +23,7 @@ import time
 from collections import Counter
 
 from fastpath import metrics, prefix
+from fastpath.binding import BindingCache, build_ba_packet, build_binding_error_packet
 from fastpath.reassembly import Reassembler, fragment_header_offset
 from fastpath.verdicts import Verdict
 
@@ -38,6 +39,7 @@ REASSEMBLY_CHECK_S = 1.0  # how often stale fragments are dropped (they wait 60 
 DROP_LOG_S = 10.0         # how often new drops are summed up in the log
 PMTU_HOLD_S = 10.0        # a CoA's path MTU is lowered at most this often
 PMTU_AGE_S = 600.0        # ... and goes back to the configured MTU after this (RFC 8201 §4)
+BINDING_ERRORS_PER_S = 10.0   # Binding Errors sent, at most (RFC 6275 §9.3.3 rate limit)
 MAX_REASSEMBLED = 40 + 65535   # the largest packet reassembly can produce
 CTL_COMMANDS = ("status", "bindings", "sas", "counters")
 
@@ -195,6 +197,7 @@ class ControlPlane:
         self.listeners = listeners or Listeners(control_socket, metrics_addr)
         self.events = Counter()
         self.started = time.time()
+        self._be_tokens, self._be_last = BINDING_ERRORS_PER_S, 0.0   # token bucket
         self.stop_event: asyncio.Event | None = None
         self.bindings = None
         self.registration = None          # mobile-node role: our home registration
@@ -209,14 +212,9 @@ class ControlPlane:
         self._pmtu: dict = {}             # CoA -> (lowered path MTU, when): see _packet_too_big
         fwd.control = self
         if fwd.opts.role == "home-agent":
-            try:
-                from fastpath.binding import BindingCache
-            except ImportError:          # built without the binding cache
-                BindingCache = None
-            if BindingCache is not None:
-                self.bindings = BindingCache(fwd.sad, fwd.cfg, on_bind=self._on_bind,
-                                             on_unbind=self._on_unbind)
-                self.bindings.defer_grace = True     # one wait per drained burst
+            self.bindings = BindingCache(fwd.sad, fwd.cfg, on_bind=self._on_bind,
+                                         on_unbind=self._on_unbind)
+            self.bindings.defer_grace = True     # one wait per drained burst
         else:
             from fastpath.mobile import HomeRegistration
             mn = fwd.my_node()
@@ -347,6 +345,8 @@ class ControlPlane:
             for d in decisions:
                 if d is not None and d.ba is not None:
                     self._send_ba(d)
+                if d is not None and d.error is not None:
+                    self._send_error(d.error)
                 _log_decision(d)
 
     def _punt(self, pkt: bytes, decisions: list) -> None:
@@ -483,6 +483,26 @@ class ControlPlane:
             return None
         return self.bindings.process(vb, time.monotonic())
 
+    def _send_error(self, error) -> None:
+        """RFC 6275 §9.2: a Binding Error for an authenticated Mobility Header
+        of a type or form this node does not handle, rate-limited (§9.3.3).
+        The Parameter Problem §9.2 also asks for is not sent: it would carry
+        the decrypted message, which arrived under ESP, in the clear."""
+        if error.kind != "binding_error":
+            self.events["binding.param_problem_not_sent"] += 1
+            return
+        now = time.monotonic()
+        self._be_tokens = min(BINDING_ERRORS_PER_S,
+                              self._be_tokens + (now - self._be_last) * BINDING_ERRORS_PER_S)
+        self._be_last = now
+        if self._be_tokens < 1.0:
+            self.events["binding.error_rate_limited"] += 1
+            return
+        self._be_tokens -= 1.0
+        pkt = build_binding_error_packet(self.fwd.cfg.home_agent.address.packed, error)
+        self._write(self.fwd.wire_fd, pkt, "binding.error_sent", "binding.error_write_error",
+                    "Binding Error not sent")
+
     def _prefix_solicitation(self, vb) -> None:
         """An authenticated Mobile Prefix Solicitation (the engine issues
         these at a home agent only): answered with the home prefix."""
@@ -507,7 +527,6 @@ class ControlPlane:
                     "Mobile Prefix Advertisement not sent")
 
     def _send_ba(self, decision) -> None:
-        from fastpath.binding import build_ba_packet
         pkt = build_ba_packet(self.fwd.control_engine, decision)
         if pkt is None:
             self.events["binding.ba_not_sent"] += 1

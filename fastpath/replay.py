@@ -36,6 +36,7 @@ class ReplayResult:
     verdicts: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
     binding_acks: int = 0
+    binding_errors: int = 0                # RFC 6275 §9.2, for authenticated malformed MHs
     prefix_advertisements: int = 0        # answers to Mobile Prefix Solicitations
     prefix_unanswered: int = 0             # solicitations not answered (malformed, no SA)
     binding_statuses: Counter = field(default_factory=Counter)
@@ -71,7 +72,7 @@ def _prefix_answer(engine, vb, cfg, res: ReplayResult) -> bytes | None:
 
 
 def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) -> tuple[ReplayResult, object]:
-    from fastpath.binding import BindingCache, build_ba_packet
+    from fastpath.binding import BindingCache, build_ba_packet, build_binding_error_packet
     backend = resolve_backend(backend)
     sad = sad_from_config(cfg, backend)
     engine = Engine(sad, backend, max_batch=batch_size)
@@ -110,6 +111,9 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                 if decision.ba is not None:
                     acks[slot] = build_ba_packet(engine, decision)
                     res.binding_acks += acks[slot] is not None
+                elif decision.error is not None and decision.error.kind == "binding_error":
+                    acks[slot] = build_binding_error_packet(ha, decision.error)
+                    res.binding_errors += 1
             for i, (v, r, data) in enumerate(batch.results()):
                 res.verdicts[Verdict(v).name.lower()] += 1
                 if v == Verdict.DROP:
@@ -255,6 +259,8 @@ def format_report(res: ReplayResult, sad) -> str:
         lines.append("binding updates: " + ", ".join(
             f"status {k}={v}" for k, v in sorted(res.binding_statuses.items()))
             + f"; binding acks written: {res.binding_acks}")
+    if res.binding_errors:
+        lines.append(f"binding errors written (malformed Mobility Headers): {res.binding_errors}")
     if res.prefix_advertisements or res.prefix_unanswered:
         lines.append(f"mobile prefix solicitations answered: {res.prefix_advertisements}, "
                      f"not answered: {res.prefix_unanswered}")

@@ -613,6 +613,52 @@ def test_malformed_and_other_mobility_headers(backend):
     assert c["malformed_by_action"] == {"discard": 1, "param_problem": 1, "binding_error": 1}
 
 
+def test_binding_errors_go_out_rate_limited_and_parameter_problems_do_not(backend):
+    """RFC 6275 §9.2, §9.3.3 through the control thread: an authenticated
+    Mobility Header of an unknown type is answered with a Binding Error
+    (status 2) in the clear, from the HA to the packet's source, naming the
+    home address of its HAO, checksummed as scapy computes it; at most
+    BINDING_ERRORS_PER_S of them at once; the Parameter Problem for a bad
+    Payload Proto is not sent (it would carry the decrypted message)."""
+    import socket
+    from collections import Counter
+    from types import MethodType, SimpleNamespace
+
+    from scapy.layers.inet6 import MIP6MH_BE
+
+    from fastpath import control
+    h = Home(backend)
+    good = mh.build(mh.BindingUpdate(5, 100, ack=True, home=True), h.hoa(0), h.ha)
+    unk = good[:2] + bytes([200]) + good[3:]
+    pp = bytes([6]) + good[1:]
+    us, them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)   # a TUN: packets
+    try:
+        fwd = SimpleNamespace(cfg=h.cfg, wire_fd=us.fileno())
+        cp = SimpleNamespace(fwd=fwd, events=Counter(), _be_tokens=control.BINDING_ERRORS_PER_S,
+                             _be_last=0.0)
+        for name in ("_write", "_send_error"):
+            setattr(cp, name, MethodType(getattr(control.ControlPlane, name), cp))
+        n = int(control.BINDING_ERRORS_PER_S)
+        for _ in range(n + 3):
+            cp._send_error(h.send(raw_mh(h, 0, unk)).error)
+        cp._send_error(h.send(raw_mh(h, 0, pp)).error)
+        them.setblocking(False)
+        sent = [them.recv(4096) for _ in range(cp.events["binding.error_sent"])]
+    finally:
+        us.close()
+        them.close()
+    assert cp.events["binding.error_sent"] == n
+    assert 1 <= cp.events["binding.error_rate_limited"] <= 3   # the bucket refills meanwhile
+    assert cp.events["binding.param_problem_not_sent"] == 1
+    p = IPv6(sent[0])
+    assert (p.src, p.dst, p.nh) == (ntop(h.ha), NEW, 135)
+    be = p[MIP6MH_BE]
+    assert (be.status, be.ha) == (2, ntop(h.hoa(0)))
+    again = IPv6(sent[0])
+    del again[MIP6MH_BE].cksum
+    assert IPv6(bytes(again))[MIP6MH_BE].cksum == be.cksum
+
+
 def test_callback_errors_do_not_undo_bindings(backend):
     def boom(hoa):
         raise OSError("netlink says no")
