@@ -97,12 +97,12 @@ from dataclasses import dataclass, field
 
 from fastpath import mh
 from fastpath.mh import BAStatus
-from fastpath.ref.ipv6 import ipv6_header
+from fastpath.ref.ipv6 import ChainError, ipv6_header, reply_problem, walk_chain
 
 log = logging.getLogger("fastpath.binding")
 
 __all__ = ["BindingCache", "Decision", "ErrorReply", "Entry", "build_ba_packet",
-           "build_binding_error_packet", "HOLD_SECONDS"]
+           "build_binding_error_packet", "unknown_binding_error", "HOLD_SECONDS"]
 
 HOLD_SECONDS = 10.0      # an ended binding's entry stays this long, invalid
 
@@ -135,11 +135,13 @@ class ErrorReply:
 
     kind 'param_problem': ICMPv6 Parameter Problem, ``code`` and ``pointer``
     (offset in ``VerifiedBinding.packet``, the packet with ESP removed).
-    kind 'binding_error': a Binding Error with ``status`` and ``home_address``.
+    kind 'binding_error': a Binding Error with ``status`` and
+    ``home_address``: the offending packet's Home Address option, or None
+    when it had none (the field goes out unspecified, RFC 6275 §6.1.9).
     Both go to ``destination`` (the BU's outer source)."""
     kind: str
     destination: bytes
-    home_address: bytes
+    home_address: bytes | None
     code: int | None = None
     pointer: int | None = None
     status: int | None = None
@@ -350,7 +352,7 @@ class BindingCache:
                 d.error = ErrorReply("param_problem", source, hoa, code=e.code,
                                      pointer=vb.mh_offset + (e.pointer or 0), problem=e.problem)
             elif e.action == mh.MHError.BINDING_ERROR:
-                d.error = ErrorReply("binding_error", source, hoa, status=e.status,
+                d.error = ErrorReply("binding_error", source, _hao(vb.packet), status=e.status,
                                      problem=e.problem)
             return d
         if not isinstance(msg, mh.BindingUpdate):
@@ -626,16 +628,42 @@ def build_ba_packet(engine, decision: Decision) -> bytes | None:
     return engine.seal_mobility(hoa, body, decision.destination)
 
 
-def build_binding_error_packet(ha: bytes, error: ErrorReply) -> bytes:
+def build_binding_error_packet(ha: bytes, error: ErrorReply) -> bytes | None:
     """The Binding Error of `error` (kind 'binding_error') as it goes on the
     wire (RFC 6275 §6.1.9, §9.3.3): IPv6(HA -> the offending packet's
     source) . MH, in the clear - no SA's selectors cover Binding Errors
-    (RFC 3776 §4) - with the Home Address field set to the offending
-    packet's Home Address option, or unspecified when it came from the home
-    address itself without one."""
+    (RFC 3776 §4) - with the Home Address field copied from the offending
+    packet's Home Address option, unspecified when it had none. None when
+    that source is not a unicast address to answer (§9.3.3: then it MUST NOT
+    be sent; see fastpath.ref.ipv6.reply_problem)."""
     if error.kind != "binding_error":
         raise ValueError(f"not a Binding Error: {error.kind}")
-    hoa = error.home_address if error.home_address != error.destination else bytes(16)
+    if reply_problem(error.destination, ha) is not None:
+        return None
+    hoa = error.home_address if error.home_address is not None else bytes(16)
     body = mh.build(mh.BindingError(status=error.status, home_address=hoa), ha,
                     error.destination)
     return ipv6_header(ha, error.destination, mh.IPPROTO_MH, len(body)) + body
+
+
+def unknown_binding_error(packet: bytes) -> ErrorReply | None:
+    """RFC 6275 §9.3.1: the Binding Error (status 1, unknown binding for Home
+    Address destination option) for a wire-side packet whose Home Address
+    option names no binding with the packet's source as care-of address -
+    what the engine punts with the note NO_BINDING. None when the option
+    cannot be found again (the engine found it: nothing sends that)."""
+    hoa = _hao(packet)
+    if hoa is None:
+        return None
+    return ErrorReply("binding_error", bytes(packet[8:24]), hoa,
+                      status=mh.BEStatus.UNKNOWN_BINDING_FOR_HOME_ADDRESS_DESTINATION_OPTION,
+                      problem="Home Address option without a binding (RFC 6275 §9.3.1)")
+
+
+def _hao(packet: bytes) -> bytes | None:
+    """The Home Address option's address in `packet`'s header chain, or None.
+    Walks every option: for error paths only (rate-limited by the caller)."""
+    try:
+        return walk_chain(bytes(packet)).hoa
+    except (ChainError, IndexError):
+        return None

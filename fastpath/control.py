@@ -23,9 +23,10 @@ import time
 from collections import Counter
 
 from fastpath import metrics, prefix
-from fastpath.binding import BindingCache, build_ba_packet, build_binding_error_packet
+from fastpath.binding import (BindingCache, build_ba_packet, build_binding_error_packet,
+                              unknown_binding_error)
 from fastpath.reassembly import Reassembler, fragment_header_offset
-from fastpath.verdicts import Verdict
+from fastpath.verdicts import Reason, Verdict
 
 log = logging.getLogger("fastpath.control")
 
@@ -318,13 +319,16 @@ class ControlPlane:
             if kind == "binding":
                 decisions.append(self._binding_update(item))
             else:
-                punts.append(item)
-        for item in punts:
+                punts.append((kind, item))
+        for kind, item in punts:
             if self._punt_over_budget():
                 self.events["punt.shed"] += 1
                 continue
             t0 = time.perf_counter()
-            self._punt(item, decisions)
+            if kind == "unbound_hao":
+                self._unbound_hao(item)
+            else:
+                self._punt(item, decisions)
             self._punt_spent += time.perf_counter() - t0
         self._finish_decisions(decisions)
 
@@ -439,13 +443,15 @@ class ControlPlane:
         b.load([pkt])
         eng = self.fwd.control_engine
         eng.decap(b)
-        [(v, _reason, out)] = b.results()
+        [(v, reason, out)] = b.results()
         if v == Verdict.TO_HOME:
             self._write_home(out)
         elif v == Verdict.BINDING:
             for _slot, vb in eng.take_bindings():
                 self.events["reassembled.binding"] += 1
                 decisions.append(self._binding_update(vb))
+        elif v == Verdict.PUNT and reason == Reason.NO_BINDING:
+            self._unbound_hao(out)
         elif v == Verdict.PUNT:
             self._punt(out, decisions)
 
@@ -491,15 +497,42 @@ class ControlPlane:
         if error.kind != "binding_error":
             self.events["binding.param_problem_not_sent"] += 1
             return
+        if self._binding_error_token():
+            self._write_binding_error(error)
+
+    def _unbound_hao(self, pkt: bytes) -> None:
+        """A packet the engine did not process because its Home Address
+        option names no binding with the packet's source as care-of address
+        (RFC 6275 §9.3.1): answered with a Binding Error, status 1. The
+        token is taken first: finding the option again walks every option
+        byte in Python, which only the rate-limited few may cost."""
+        self.events["hao.unknown_binding"] += 1
+        if not self._binding_error_token():
+            return
+        error = unknown_binding_error(pkt)
+        if error is None:
+            self.events["hao.option_not_found"] += 1
+            return
+        self._write_binding_error(error)
+
+    def _binding_error_token(self) -> bool:
+        """One Binding Error may go now (§9.3.3: rate-limited; one bucket for
+        every kind); counts it when not."""
         now = time.monotonic()
         self._be_tokens = min(BINDING_ERRORS_PER_S,
                               self._be_tokens + (now - self._be_last) * BINDING_ERRORS_PER_S)
         self._be_last = now
         if self._be_tokens < 1.0:
             self.events["binding.error_rate_limited"] += 1
-            return
+            return False
         self._be_tokens -= 1.0
+        return True
+
+    def _write_binding_error(self, error) -> None:
         pkt = build_binding_error_packet(self.fwd.cfg.home_agent.address.packed, error)
+        if pkt is None:
+            self.events["binding.error_bad_source"] += 1    # not a unicast address to answer
+            return
         self._write(self.fwd.wire_fd, pkt, "binding.error_sent", "binding.error_write_error",
                     "Binding Error not sent")
 
@@ -510,6 +543,11 @@ class ControlPlane:
         ha = self.fwd.cfg.home_agent
         try:
             pkt = prefix.answer(self.fwd.control_engine, vb, ha.home_prefix, ha.address.packed)
+        except prefix.BadSource as e:
+            self.events["prefix.bad_source"] += 1
+            log.debug("Mobile Prefix Solicitation from %s not answered: %s",
+                      ipaddress.IPv6Address(vb.home_address), e)
+            return
         except prefix.PrefixError as e:
             self.events["prefix.malformed"] += 1
             log.debug("Mobile Prefix Solicitation from %s not answered: %s",

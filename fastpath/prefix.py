@@ -1,9 +1,11 @@
-"""Mobile Prefix Discovery at the home agent (RFC 6275 §6.7, §6.8, §10.6.2;
-RFC 3776 §3.3, §4.4), sans-IO.
+"""Mobile Prefix Discovery at the home agent (RFC 6275 §6.7, §6.8, §10.6.2,
+§10.6.3; RFC 3776 §3.3, §5.2.3), sans-IO.
 
 A mobile node asks for its home prefix with a Mobile Prefix Solicitation
 (ICMPv6 type 146) sealed in ESP transport mode on its prefix-discovery SA,
-with a Home Address option. The engine checks all of that and hands the
+with a Home Address option. The engine checks all of that - and that the
+option names a binding whose care-of address is the packet's source (RFC
+6275 §9.3.1; otherwise it punts the packet for a Binding Error) - and hands the
 packet, ESP removed, to the control plane as a ``VerifiedBinding`` whose
 ``purpose`` is ``"prefix-discovery"`` (it cannot move a binding). Here it is
 answered with a Mobile Prefix Advertisement (type 147) carrying the home
@@ -21,7 +23,9 @@ Decisions where the RFCs leave room:
   (it comes from the config and does not change while running).
 * A solicitation that is shorter than 8 bytes, has a code other than 0 or a
   bad checksum is not answered (``PrefixError``), as RFC 4443 §2.4 asks of
-  malformed ICMPv6 messages.
+  malformed ICMPv6 messages; nor is one whose source is not a unicast
+  address other than the home agent's (``BadSource``): the outer header is
+  not covered by the ICV, and the answer goes there.
 """
 from __future__ import annotations
 
@@ -29,9 +33,9 @@ import ipaddress
 import struct
 
 from fastpath.mh import pseudo_header_addresses
-from fastpath.ref.ipv6 import NH_ICMPV6, checksum
+from fastpath.ref.ipv6 import NH_ICMPV6, checksum, ntop, reply_problem
 
-__all__ = ["PrefixError", "solicitation_id", "advertisement", "answer",
+__all__ = ["PrefixError", "BadSource", "solicitation_id", "advertisement", "answer",
            "MPS", "MPA", "VALID_LIFETIME", "PREFERRED_LIFETIME"]
 
 MPS = 146                     # Mobile Prefix Solicitation
@@ -44,6 +48,10 @@ PREFERRED_LIFETIME = 604800   # AdvPreferredLifetime default
 
 class PrefixError(ValueError):
     """A Mobile Prefix Solicitation that is not to be answered."""
+
+
+class BadSource(PrefixError):
+    """... because its source is not an address to answer."""
 
 
 def solicitation_id(packet: bytes, offset: int) -> int:
@@ -84,6 +92,9 @@ def answer(engine, vb, prefix: ipaddress.IPv6Network, ha: bytes) -> bytes | None
     node has no prefix-discovery out SA."""
     if vb.purpose != "prefix-discovery":
         raise PrefixError("not from a prefix-discovery SA")
+    problem = reply_problem(vb.source, ha)
+    if problem is not None:
+        raise BadSource(f"source {ntop(vb.source)} is {problem}")
     ident = solicitation_id(vb.packet, vb.mh_offset)
     body = advertisement(ident, prefix, ha, vb.home_address)
     return engine.seal_mobility(vb.home_address, body, vb.source, prefix_discovery=True)

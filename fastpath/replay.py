@@ -36,7 +36,9 @@ class ReplayResult:
     verdicts: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
     binding_acks: int = 0
-    binding_errors: int = 0                # RFC 6275 §9.2, for authenticated malformed MHs
+    binding_errors: int = 0                # RFC 6275 §9.2, §9.3.1: Binding Errors written
+    binding_errors_not_sent: int = 0       # ... not: the source was not a unicast address
+    unbound_home_address_options: int = 0  # packets whose HAO names no binding (§9.3.1)
     prefix_advertisements: int = 0        # answers to Mobile Prefix Solicitations
     prefix_unanswered: int = 0             # solicitations not answered (malformed, no SA)
     binding_statuses: Counter = field(default_factory=Counter)
@@ -71,8 +73,20 @@ def _prefix_answer(engine, vb, cfg, res: ReplayResult) -> bytes | None:
     return pkt
 
 
+def _binding_error(ha: bytes, error, res: ReplayResult) -> bytes | None:
+    """The Binding Error packet for `error`, counted; None (counted too)
+    when its destination is not a unicast address to answer."""
+    from fastpath.binding import build_binding_error_packet
+    pkt = build_binding_error_packet(ha, error)
+    if pkt is None:
+        res.binding_errors_not_sent += 1
+    else:
+        res.binding_errors += 1
+    return pkt
+
+
 def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) -> tuple[ReplayResult, object]:
-    from fastpath.binding import BindingCache, build_ba_packet, build_binding_error_packet
+    from fastpath.binding import BindingCache, build_ba_packet, unknown_binding_error
     backend = resolve_backend(backend)
     sad = sad_from_config(cfg, backend)
     engine = Engine(sad, backend, max_batch=batch_size)
@@ -112,8 +126,7 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                     acks[slot] = build_ba_packet(engine, decision)
                     res.binding_acks += acks[slot] is not None
                 elif decision.error is not None and decision.error.kind == "binding_error":
-                    acks[slot] = build_binding_error_packet(ha, decision.error)
-                    res.binding_errors += 1
+                    acks[slot] = _binding_error(ha, decision.error, res)
             for i, (v, r, data) in enumerate(batch.results()):
                 res.verdicts[Verdict(v).name.lower()] += 1
                 if v == Verdict.DROP:
@@ -126,6 +139,13 @@ def replay(cfg, in_path, out_path, backend: str = "auto", batch_size: int = 64) 
                 elif v == Verdict.TO_HOME:
                     out.write(data, pending[i])
                     res.packets_out += 1
+                elif v == Verdict.PUNT and r == Reason.NO_BINDING:
+                    # its Home Address option names no binding (RFC 6275
+                    # §9.3.1): a Binding Error takes its place
+                    error = unknown_binding_error(data)
+                    res.unbound_home_address_options += 1
+                    if error is not None:
+                        acks[i] = _binding_error(ha, error, res)
                 elif v == Verdict.PUNT:
                     cache.unprotected(data, pending[i])
                 if acks.get(i) is not None:
@@ -259,8 +279,11 @@ def format_report(res: ReplayResult, sad) -> str:
         lines.append("binding updates: " + ", ".join(
             f"status {k}={v}" for k, v in sorted(res.binding_statuses.items()))
             + f"; binding acks written: {res.binding_acks}")
-    if res.binding_errors:
-        lines.append(f"binding errors written (malformed Mobility Headers): {res.binding_errors}")
+    if res.binding_errors or res.binding_errors_not_sent:
+        lines.append(f"binding errors written: {res.binding_errors} (malformed Mobility "
+                     f"Headers, Home Address options without a binding: "
+                     f"{res.unbound_home_address_options}); not written, the source not "
+                     f"a unicast address: {res.binding_errors_not_sent}")
     if res.prefix_advertisements or res.prefix_unanswered:
         lines.append(f"mobile prefix solicitations answered: {res.prefix_advertisements}, "
                      f"not answered: {res.prefix_unanswered}")

@@ -568,11 +568,11 @@ def test_hostile_bus_never_reach_the_cache(backend):
 
 # ---------------------------------------------------------------- malformed and other MH
 
-def raw_mh(h, i, body: bytes) -> bytes:
+def raw_mh(h, i, body: bytes, src=NEW) -> bytes:
     """A Mobility Header from raw bytes, checksummed HoA -> HA, sealed as a BU."""
     cks = mh.checksum(body, h.hoa(i), h.ha)
     body = body[:4] + cks.to_bytes(2, "big") + body[6:]
-    pkt = IPv6(bytes(IPv6(src=NEW, dst=ntop(h.ha))
+    pkt = IPv6(bytes(IPv6(src=src, dst=ntop(h.ha))
                      / IPv6ExtHdrDestOpt(nh=135, options=[HAO(hoa=ntop(h.hoa(i)))])
                      / Raw(body)))
     sa = h.mn(i).sa("binding", "in")
@@ -613,16 +613,44 @@ def test_malformed_and_other_mobility_headers(backend):
     assert c["malformed_by_action"] == {"discard": 1, "param_problem": 1, "binding_error": 1}
 
 
-def test_binding_errors_go_out_rate_limited_and_parameter_problems_do_not(backend):
+def _control_plane(h, wire_fd, monkeypatch):
+    """The control thread's Binding Error path over `h`, writing to
+    `wire_fd`, on a clock the test moves (returned: a one-element list)."""
+    from collections import Counter
+    from types import MethodType, SimpleNamespace
+
+    from fastpath import control
+    clock = [100.0]
+    monkeypatch.setattr(control, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    fwd = SimpleNamespace(cfg=h.cfg, wire_fd=wire_fd)
+    cp = SimpleNamespace(fwd=fwd, events=Counter(), bindings=h.cache,
+                         _be_tokens=control.BINDING_ERRORS_PER_S, _be_last=clock[0])
+    for name in ("_write", "_send_error", "_binding_error_token", "_write_binding_error",
+                 "_unbound_hao", "_finish_decisions"):
+        setattr(cp, name, MethodType(getattr(control.ControlPlane, name), cp))
+    return cp, clock
+
+
+def _received(sock, n):
+    sock.setblocking(False)
+    got = [sock.recv(4096) for _ in range(n)]
+    try:
+        extra = sock.recv(4096)
+    except BlockingIOError:
+        return got
+    raise AssertionError(f"more than {n} packets written: {extra!r}")
+
+
+def test_binding_errors_go_out_rate_limited_and_parameter_problems_do_not(backend, monkeypatch):
     """RFC 6275 §9.2, §9.3.3 through the control thread: an authenticated
     Mobility Header of an unknown type is answered with a Binding Error
     (status 2) in the clear, from the HA to the packet's source, naming the
     home address of its HAO, checksummed as scapy computes it; at most
-    BINDING_ERRORS_PER_S of them at once; the Parameter Problem for a bad
-    Payload Proto is not sent (it would carry the decrypted message)."""
+    BINDING_ERRORS_PER_S of them at once, then one per 1/BINDING_ERRORS_PER_S
+    s; the Parameter Problem for a bad Payload Proto is not sent (it would
+    carry the decrypted message); nor is a Binding Error to a source that is
+    not a unicast address."""
     import socket
-    from collections import Counter
-    from types import MethodType, SimpleNamespace
 
     from scapy.layers.inet6 import MIP6MH_BE
 
@@ -633,30 +661,90 @@ def test_binding_errors_go_out_rate_limited_and_parameter_problems_do_not(backen
     pp = bytes([6]) + good[1:]
     us, them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)   # a TUN: packets
     try:
-        fwd = SimpleNamespace(cfg=h.cfg, wire_fd=us.fileno())
-        cp = SimpleNamespace(fwd=fwd, events=Counter(), _be_tokens=control.BINDING_ERRORS_PER_S,
-                             _be_last=0.0)
-        for name in ("_write", "_send_error"):
-            setattr(cp, name, MethodType(getattr(control.ControlPlane, name), cp))
+        cp, clock = _control_plane(h, us.fileno(), monkeypatch)
         n = int(control.BINDING_ERRORS_PER_S)
-        for _ in range(n + 3):
-            cp._send_error(h.send(raw_mh(h, 0, unk)).error)
-        cp._send_error(h.send(raw_mh(h, 0, pp)).error)
-        them.setblocking(False)
-        sent = [them.recv(4096) for _ in range(cp.events["binding.error_sent"])]
+        cp._finish_decisions([h.send(raw_mh(h, 0, unk)) for _ in range(n + 3)]
+                             + [h.send(raw_mh(h, 0, pp))])
+        sent = _received(them, n)
+        assert (cp.events["binding.error_sent"], cp.events["binding.error_rate_limited"],
+                cp.events["binding.param_problem_not_sent"]) == (n, 3, 1)
+        clock[0] += 1.5 / control.BINDING_ERRORS_PER_S       # one token and a half back
+        cp._finish_decisions([h.send(raw_mh(h, 0, unk)), h.send(raw_mh(h, 0, unk))])
+        sent += _received(them, 1)
+        assert cp.events["binding.error_rate_limited"] == 4
+        clock[0] += 10.0
+        for src in ("ff02::1", "::", ntop(h.ha)):             # nobody to answer
+            cp._finish_decisions([h.send(raw_mh(h, 0, unk, src=src))])
+        _received(them, 0)
+        assert cp.events["binding.error_bad_source"] == 3
     finally:
         us.close()
         them.close()
-    assert cp.events["binding.error_sent"] == n
-    assert 1 <= cp.events["binding.error_rate_limited"] <= 3   # the bucket refills meanwhile
-    assert cp.events["binding.param_problem_not_sent"] == 1
-    p = IPv6(sent[0])
-    assert (p.src, p.dst, p.nh) == (ntop(h.ha), NEW, 135)
-    be = p[MIP6MH_BE]
-    assert (be.status, be.ha) == (2, ntop(h.hoa(0)))
-    again = IPv6(sent[0])
-    del again[MIP6MH_BE].cksum
-    assert IPv6(bytes(again))[MIP6MH_BE].cksum == be.cksum
+    for raw in sent:
+        p = IPv6(raw)
+        assert (p.src, p.dst, p.nh, p.plen) == (ntop(h.ha), NEW, 135, 24)
+        be = p[MIP6MH_BE]
+        assert (be.nh, be.len, be.mhtype, be.status, be.ha) == (59, 2, 7, 2, ntop(h.hoa(0)))
+        again = IPv6(raw)
+        del again[MIP6MH_BE].cksum
+        assert IPv6(bytes(again))[MIP6MH_BE].cksum == be.cksum
+
+
+def test_a_home_address_option_without_its_binding_gets_a_binding_error(backend, monkeypatch):
+    """RFC 6275 §9.3.1: a packet with a Home Address option whose home
+    address is not bound to the packet's source - here an echo request to
+    the HA, and a payload packet in ESP tunnel mode, which should carry no
+    HAO at all - is not processed: both engines punt it noted NO_BINDING,
+    and the control thread answers with a Binding Error, status 1, naming
+    that home address (scapy dissects it). From the registered care-of
+    address the option passes; on a Binding Update it is not checked (the
+    BU is what makes the binding)."""
+    import socket
+
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6ExtHdrFragment, MIP6MH_BE
+
+    from fastpath.ref.engine import RefEngine
+    h = Home(backend)
+    hoa, coa = str(h.mn(0).home_address), str(h.mn(0).care_of_address)
+    echo = {src: bytes(IPv6(src=src, dst=ntop(h.ha))
+                       / IPv6ExtHdrDestOpt(options=[HAO(hoa=hoa)]) / ICMPv6EchoRequest(id=src == coa))
+            for src in (NEW, coa)}
+    payload = h.mn(0).sa("payload", "in")
+    inner = IPv6(src=hoa, dst="2001:db8:99::1") / ICMPv6EchoRequest()
+    tunnel = bytes(IPv6(src=NEW, dst=ntop(h.ha)) / IPv6ExtHdrDestOpt(options=[HAO(hoa=hoa)])
+                   / scapy_sa(payload).encrypt(inner, seq_num=1)[ESP])
+    # a BU's fragment from a new CoA, the HAO before the Fragment header:
+    # checked once reassembled, like the BU itself
+    frag = bytes(IPv6(src=NEW2, dst=ntop(h.ha)) / IPv6ExtHdrDestOpt(options=[HAO(hoa=hoa)])
+                 / IPv6ExtHdrFragment(id=1, m=1, nh=50) / Raw(bytes(64)))
+    pkts = [echo[NEW], echo[coa], tunnel, h.bu(0, 9, src=NEW2), frag]
+    got = [r[:2] for r in h.decap(pkts)]
+    assert got == [(Verdict.PUNT, Reason.NO_BINDING), (Verdict.PUNT, Reason.NONE),
+                   (Verdict.PUNT, Reason.NO_BINDING), (Verdict.BINDING, Reason.NONE),
+                   (Verdict.PUNT, Reason.NONE)]
+    h.engine.take_bindings()
+    ref = RefEngine(h.ha, 1500)
+    ref.add_mobile_node(h.hoa(0), ip(coa))
+    for purpose in ("binding", "payload"):
+        sa = h.mn(0).sa(purpose, "in")
+        ref.add_sa(purpose, "in", sa.spi, sa.algorithm, sa.enc_key, sa.auth_key, sa.salt,
+                   esn=sa.esn, replay_window=sa.replay_window, hoa=h.hoa(0))
+    assert [r[:2] for r in ref.decap(pkts)] == got
+    us, them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        cp, clock = _control_plane(h, us.fileno(), monkeypatch)
+        cp._unbound_hao(echo[NEW])
+        cp._unbound_hao(tunnel)
+        [a, b] = _received(them, 2)
+    finally:
+        us.close()
+        them.close()
+    assert cp.events["hao.unknown_binding"] == 2
+    for raw in (a, b):
+        p = IPv6(raw)
+        assert (p.src, p.dst, p.nh) == (ntop(h.ha), NEW, 135)
+        be = p[MIP6MH_BE]
+        assert (be.mhtype, be.status, be.ha) == (7, 1, hoa)
 
 
 def test_callback_errors_do_not_undo_bindings(backend):

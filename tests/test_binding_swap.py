@@ -235,9 +235,14 @@ def test_bad_bus_issue_nothing(alg, backend):
         (outer(NEW, HA, 50, sa.seal(5, bu_msg(), 135, iv)), (DROP, Reason.POLICY)),  # no HAO
         (outer(NEW, HA, 60, hao_destopt(MN1, 135) + mh_clear), (PUNT, 0)),  # in the clear
         (outer(NEW, HA, 135, mh_clear), (PUNT, 0)),
-        # on the payload SA (tunnel mode: next header must be 41)
-        (outer(NEW, HA, 60, hao_destopt(MN1, 50)
+        # on the payload SA (tunnel mode: next header must be 41), from the
+        # registered CoA; from elsewhere its HAO names no binding (RFC 6275
+        # §9.3.1): not opened, punted for a Binding Error
+        (outer(COA1, HA, 60, hao_destopt(MN1, 50)
                + topo.mn_sa(MN1, "payload").seal(1, bu_msg(), 135, iv)), (DROP, Reason.MALFORMED)),
+        (outer(NEW, HA, 60, hao_destopt(MN1, 50)
+               + topo.mn_sa(MN1, "payload").seal(2, bu_msg(), 135, iv)),
+         (PUNT, Reason.NO_BINDING)),
         # binding SA, HAO right, but no Mobility Header inside
         (outer(NEW, HA, 60, hao_destopt(MN1, 50) + sa.seal(6, inner(MN1, CN, 60), 41, iv)),
          (DROP, Reason.MALFORMED)),

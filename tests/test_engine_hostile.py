@@ -357,10 +357,12 @@ def test_plain_tunnel(backend):
         outer(COA2, HA, 41, inner(MN3, CN, 80)),           # MN3 has no CoA
         outer(COA2, HA, 41, inner(EVIL, CN, 80)),          # unknown home address
         outer(COA2, HA, 41, inner(MN2, CN, 80)[:-3]),      # inner malformed
-        outer(COA2, HA, 60, hao_destopt(MN1, 41) + inner(MN2, CN, 80)),  # behind dest-opts
+        outer(COA2, HA, 60, hao_destopt(MN2, 41) + inner(MN2, CN, 80)),  # behind dest-opts
+        # RFC 6275 §9.3.1: a HAO must name a binding to the packet's source
+        outer(COA2, HA, 60, hao_destopt(MN1, 41) + inner(MN2, CN, 80)),  # MN1 is at COA1
     ])
     assert vr(got) == ([(TO_HOME, 0)] + [(DROP, R.POLICY)] * 3 + [(DROP, R.NO_BINDING)] * 2
-                       + [(DROP, R.MALFORMED), (TO_HOME, 0)])
+                       + [(DROP, R.MALFORMED), (TO_HOME, 0), (PUNT, R.NO_BINDING)])
     assert got[0][2] == inner(MN2, CN, 80)
     same_counters(topo)
 

@@ -15,10 +15,25 @@ from topo import (ALGS, BACKENDS, CN, COA1, COA2, EVIL, HA, MN1, MN2, MN3, inner
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-HOME_KINDS = ["mn1", "mn2", "mn3", "unknown", "hot", "garbage", "truncated", "jumbo"]
+HOME_KINDS = ["mn1", "mn2", "mn3", "unknown", "hot", "garbage", "truncated", "jumbo", "tel"]
 WIRE_KINDS = ["esp", "esp_old", "esp_dup", "esp_flip", "esp_trunc", "esp_badsrc", "esp_dummy",
               "rr", "bu", "bu_wrong_hao", "plain_ok", "plain_badsrc", "plain_mn1", "garbage",
-              "unknown_spi", "mh_clear", "frag"]
+              "unknown_spi", "mh_clear", "frag", "hao_payload", "hao_icmp"]
+
+
+def tel_packet(size, rnd):
+    """A packet inside another tunnel: a Tunnel Encapsulation Limit (0, 1 or
+    5) behind nothing, a first fragment's header or an AH, for a node with a
+    payload SA or one without (RFC 2473 §4.1.1)."""
+    dst = rnd.choice([MN1, MN2])
+    carried = inner(CN, dst, size)
+    nh, ext = 60, bytes([41, 0, 4, 1, rnd.choice([0, 1, 5]), 1, 1, 0])
+    before = rnd.choice(["", "frag", "ah"])
+    if before == "frag":
+        nh, ext = 44, bytes([60, 0, 0, 0, 0, 0, 0, 9]) + ext
+    elif before == "ah":
+        nh, ext = 51, bytes([60, 4, 0, 0]) + bytes(range(20)) + ext
+    return ipv6_header(CN, dst, nh, len(ext) + len(carried)) + ext + carried
 
 
 def home_packet(kind, size, rnd):
@@ -38,6 +53,8 @@ def home_packet(kind, size, rnd):
     if kind == "truncated":
         p = inner(CN, MN1, size)
         return p[: rnd.randrange(len(p))]
+    if kind == "tel":
+        return tel_packet(size, rnd)
     return inner(CN, MN1, 1500)   # too big once tunnelled
 
 
@@ -96,6 +113,12 @@ class WireGen:
             return outer(COA1, HA, 135, bytes([59, 1, 5, 0]) + bytes(12))
         if kind == "frag":
             return outer(COA1, HA, 44, bytes(8) + bytes(size % 40))
+        if kind == "hao_payload":  # RFC 6275 §9.3.1: from MN1's CoA or not
+            return self.esp(MN1, "payload", inner(MN1, CN, size), src=rnd.choice([COA1, EVIL]),
+                            ext=hao_destopt(MN1, 50), first_nh=60)
+        if kind == "hao_icmp":
+            return outer(rnd.choice([COA1, EVIL]), HA, 60,
+                         hao_destopt(MN1, 58) + bytes([128, 0, 0, 0, 0, 0, 0, 1]))
         return random_bytes(rnd, size % 120)
 
 

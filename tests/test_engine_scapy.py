@@ -98,7 +98,8 @@ def test_binding_update_only_on_the_binding_sa(alg, backend):
     import scapy.all  # noqa: F401  (every layer binding)
     from scapy.layers.inet6 import HAO, IPv6ExtHdrDestOpt, MIP6MH_BU
     topo = make_topo(alg, False, backend)
-    bu = IPv6(bytes(IPv6(src="2001:db8:4::40", dst=ntop(HA))
+    # from the registered CoA: the HAO names a binding (RFC 6275 §9.3.1)
+    bu = IPv6(bytes(IPv6(src=ntop(COA1), dst=ntop(HA))
                     / IPv6ExtHdrDestOpt(options=[HAO(hoa=ntop(MN1))])
                     / MIP6MH_BU(seq=7, flags="AH", mhtime=100)))
     sealed = {}
@@ -342,15 +343,16 @@ def test_a_lowered_path_mtu_shapes_packet_too_big_and_fragmenting(alg, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tunnel_encapsulation_limit(backend):
-    """RFC 2473 §5.1 at a tunnel entry point, built and read by scapy: a
-    packet out of another tunnel that carries a Tunnel Encapsulation Limit
-    (option 4 in its destination options) enters our plain tunnel with the
-    limit one lower in a destination-options header of ours; at 0 it is
-    refused with a Parameter Problem (code 0) pointing at the limit, and
-    without an error about an ICMPv6 error. The limit costs 8 bytes of MTU
-    (a Packet Too Big says so). ESP tunnel mode carries the packet as it is.
-    The mobile node's side skips the option when it decapsulates. Both
-    engines agree byte for byte."""
+    """RFC 2473 §4.1.1, §5.1 at a tunnel entry point, built and read by
+    scapy: a packet inside another tunnel, whose header carries a Tunnel
+    Encapsulation Limit (option 4 in its destination options), enters our
+    plain tunnel with the limit one lower in a destination-options header of
+    ours; at 0 it is refused with a Parameter Problem (code 0) pointing at
+    the limit, and without an error about an ICMPv6 error. The limit costs 8
+    bytes of MTU (a Packet Too Big says so). ESP tunnel mode refuses a limit
+    of 0 too, and carries a packet with a higher one as it is. The mobile
+    node's side skips the option when it decapsulates. Both engines agree
+    byte for byte."""
     from scapy.layers.inet6 import (UDP, HBHOptUnknown, ICMPv6EchoReply, ICMPv6PacketTooBig,
                                     ICMPv6ParamProblem, IPv6ExtHdrDestOpt, PadN, in6_chksum)
     from topo import COA2, MN2
@@ -368,14 +370,15 @@ def test_tunnel_encapsulation_limit(backend):
     about_error = bytes(IPv6(src=ntop(CN), dst=ntop(MN2))
                         / IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=4, optdata=b"\0")])
                         / ICMPv6PacketTooBig(mtu=1280) / (b"y" * 60))
-    got, want = topo.run("encap", [tel3, tel0, about_error, tunnelled(0, size=20)[:-20]
-                                   + bytes(20)])
+    got, want = topo.run("encap", [tel3, tel0, about_error])
     assert got == want
-    assert [(v, r) for v, r, _ in got[:3]] == [
+    assert [(v, r) for v, r, _ in got] == [
         (Verdict.TO_WIRE, Reason.NONE), (Verdict.TO_HOME, Reason.ENCAP_LIMIT),
         (Verdict.DROP, Reason.ENCAP_LIMIT)]
     o = IPv6(got[0][2])
     assert (o.src, o.dst, o.nh, o.plen) == (ntop(HA), ntop(COA2), 60, 8 + len(tel3))
+    # next header 41, length 0; TEL (type 4, length 1) = 2; PadN with 1 zero byte
+    assert got[0][2][40:48] == bytes([41, 0, 4, 1, 2, 1, 1, 0])
     d = o[IPv6ExtHdrDestOpt]
     assert d.nh == 41 and len(bytes(d)) - len(bytes(d.payload)) == 8
     assert [(x.otype, bytes(x.optdata)) for x in d.options if x.otype == 4] == [(4, b"\x02")]
@@ -393,13 +396,19 @@ def test_tunnel_encapsulation_limit(backend):
     got, want = topo.run("encap", [fits_plain])
     assert got == want and got[0][:2] == (Verdict.TO_HOME, Reason.TOO_BIG)
     assert IPv6(got[0][2])[ICMPv6PacketTooBig].mtu == 1500 - 48
-    # ESP tunnel mode (MN1 has a payload SA): not an RFC 2473 tunnel, no limit.
-    to_mn1 = bytes(IPv6(src=ntop(CN), dst=ntop(MN1))
-                   / IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=4, optdata=b"\0")])
-                   / IPv6(src=ntop(CN), dst=ntop(MN1)) / ICMPv6EchoReply())
-    got, want = topo.run("encap", [to_mn1])
-    assert got == want and got[0][:2] == (Verdict.TO_WIRE, Reason.NONE)
-    assert IPv6(got[0][2]).nh == 50
+    # ESP tunnel mode (MN1 has a payload SA): a limit of 0 is refused the
+    # same way; a limit of 1 enters, and is not carried (RFC 3776 §3.4's
+    # outer header): the packet is the ESP payload as it was.
+    def to_mn1(limit):
+        return bytes(IPv6(src=ntop(CN), dst=ntop(MN1))
+                     / IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=4, optdata=bytes([limit]))])
+                     / IPv6(src=ntop(CN), dst=ntop(MN1)) / ICMPv6EchoReply())
+    got, want = topo.run("encap", [to_mn1(0), to_mn1(1)])
+    assert got == want
+    assert [(v, r) for v, r, _ in got] == [(Verdict.TO_HOME, Reason.ENCAP_LIMIT),
+                                           (Verdict.TO_WIRE, Reason.NONE)]
+    assert IPv6(got[0][2])[ICMPv6ParamProblem].ptr == 44
+    assert IPv6(got[1][2]).nh == 50
     # Inbound, a plain tunnel packet with a limit in its tunnel header opens.
     up = bytes(IPv6(src=ntop(MN2), dst=ntop(CN)) / UDP() / b"z")
     wire = bytes(IPv6(src=ntop(COA2), dst=ntop(HA))
@@ -407,6 +416,67 @@ def test_tunnel_encapsulation_limit(backend):
                  / IPv6(up))
     got, want = topo.run("decap", [wire])
     assert got == want == [(Verdict.TO_HOME, Reason.NONE, up)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_tunnel_encapsulation_limit_is_found_left_to_right(backend):
+    """RFC 2473 §4.1.1: the extension headers are examined in order to find
+    the limit - behind a routing header, an AH, a first (or atomic) fragment's
+    header, Pad1s, and a destination-options header whose options run past
+    its end (that header's options end there, the search goes on). A later
+    fragment's chain is not in it: no limit, tunnelled. The limit that is
+    found decides: 255 goes on as 254, 1 as 0, 0 gets a Parameter Problem
+    whose pointer is the limit's offset - refused without one behind a
+    fragment header, where RFC 4443 §2.4(e)'s test (is this an ICMPv6
+    error?) does not follow the chain. Both engines agree byte for byte."""
+    from scapy.layers.inet6 import (UDP, HBHOptUnknown, ICMPv6ParamProblem, IPv6ExtHdrDestOpt,
+                                    IPv6ExtHdrFragment, IPv6ExtHdrRouting, Pad1)
+    from scapy.packet import Raw
+
+    from topo import COA2, MN2
+
+    def tel(limit, pad1=0):
+        return IPv6ExtHdrDestOpt(options=[Pad1()] * pad1
+                                 + [HBHOptUnknown(otype=4, optdata=bytes([limit]))])
+
+    carried = IPv6(src="2001:db8:9::1", dst=ntop(MN2)) / UDP() / (b"x" * 40)
+    ah = bytes([60, 4, 0, 0]) + bytes(range(1, 21))        # AH, 24 bytes (ICV 12)
+    broken = bytes([60, 0, 1, 9, 0, 0, 0, 0])              # PadN claiming 9 bytes of 6
+    cases = {                 # packet -> (verdict, reason, offset of the limit or outer TEL)
+        "routing": IPv6ExtHdrRouting(type=0, segleft=0, addresses=[]) / tel(0),
+        "ah": IPv6(nh=51) / Raw(ah + bytes(tel(0) / carried)),
+        "first fragment": IPv6ExtHdrFragment(offset=0, m=1, id=5) / tel(0),
+        "atomic fragment": IPv6ExtHdrFragment(offset=0, m=0, id=6) / tel(0),
+        "pad1": tel(0, pad1=3),
+        "after a broken header": IPv6(nh=60) / Raw(broken + bytes(tel(0) / carried)),
+        "255": tel(255),
+        "1": tel(1),
+        "later fragment": IPv6ExtHdrFragment(offset=10, m=0, id=7) / tel(0),
+    }
+    pkts = []
+    for name, ext in cases.items():
+        if isinstance(ext, IPv6):          # raw bytes after the fixed header
+            pkts.append(bytes(IPv6(src=ntop(CN), dst=ntop(MN2), nh=ext.nh) / ext.payload))
+        else:
+            pkts.append(bytes(IPv6(src=ntop(CN), dst=ntop(MN2)) / ext / carried))
+    topo = make_topo("aes128gcm16", False, backend)
+    got, want = topo.run("encap", pkts)
+    assert got == want
+    by_name = dict(zip(cases, got))
+    for name in ("first fragment", "atomic fragment"):
+        assert by_name[name][:2] == (Verdict.DROP, Reason.ENCAP_LIMIT), name
+    for name in ("routing", "ah", "pad1", "after a broken header"):
+        v, r, out = by_name[name]
+        assert (name, v, r) == (name, Verdict.TO_HOME, Reason.ENCAP_LIMIT)
+        pkt = pkts[list(cases).index(name)]
+        ptr = IPv6(out)[ICMPv6ParamProblem].ptr
+        assert pkt[ptr - 2:ptr] == bytes([4, 1]) and pkt[ptr] == 0, name
+    for name, carried_on in (("255", 254), ("1", 0)):
+        v, r, out = by_name[name]
+        assert (v, r, out[6], out[40:48]) == (Verdict.TO_WIRE, Reason.NONE, 60,
+                                              bytes([41, 0, 4, 1, carried_on, 1, 1, 0]))
+    v, r, out = by_name["later fragment"]
+    assert (v, r, out[6]) == (Verdict.TO_WIRE, Reason.NONE, 41)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

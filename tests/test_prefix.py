@@ -1,5 +1,5 @@
 """Mobile Prefix Discovery (fastpath.prefix; RFC 6275 §6.7-§6.8, §10.6.2,
-RFC 3776 §4.4): a Mobile Prefix Solicitation built by scapy and sealed by
+RFC 3776 §3.3): a Mobile Prefix Solicitation built by scapy and sealed by
 scapy's ESP in transport mode on the node's prefix-discovery SA goes through
 the engine (every backend) and is answered with a Mobile Prefix
 Advertisement that scapy opens, checksums and dissects. The reference path
@@ -23,6 +23,8 @@ from fastpath.verdicts import Reason, Verdict
 
 from test_binding import CFG, NEW, ntop, scapy_sa
 from topo import BACKENDS
+
+COA = "2001:db8:2::10"      # the first mobile node's care_of_address in examples/ha.toml
 
 PD_SAS = '''
   [[mobile_node.sa]]
@@ -62,7 +64,7 @@ class Home:
         self.ha = self.cfg.home_agent.address
         self.seq = 0
 
-    def sealed(self, upper, *, purpose="prefix-discovery", hao=True, src=NEW):
+    def sealed(self, upper, *, purpose="prefix-discovery", hao=True, src=COA):
         """IPv6(src -> HA) . DestOpt(HAO) . ESP(transport, the node's `purpose` in SA) . upper"""
         ext = IPv6ExtHdrDestOpt(options=[HAO(hoa=str(self.mn.home_address))]) if hao else None
         pkt = IPv6(src=src, dst=str(self.ha))
@@ -88,7 +90,7 @@ def test_solicitation_answered_with_the_home_prefix(backend):
         h.sad.move(vb, ipaddress.IPv6Address(NEW).packed)
     wire = prefix.answer(h.engine, vb, h.cfg.home_agent.home_prefix, h.ha.packed)
     outer = IPv6(wire)
-    assert (outer.src, outer.dst, outer.nh) == (str(h.ha), NEW, 43)
+    assert (outer.src, outer.dst, outer.nh) == (str(h.ha), COA, 43)
     rh = outer[IPv6ExtHdrRouting]
     assert (rh.type, rh.segleft, rh.addresses, rh.nh) == (2, 1, [ntop(h.hoa)], 50)
     assert outer[ESP].spi == 0x1011
@@ -107,7 +109,7 @@ def test_solicitation_answered_with_the_home_prefix(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_prefix_discovery_sa_carries_solicitations_only(backend):
-    """RFC 3776 §4.4: a BU or an echo request on the prefix-discovery SA is
+    """RFC 3776 §3.3: a BU or an echo request on the prefix-discovery SA is
     a policy drop (the BU moves nothing); a solicitation on the binding SA
     is malformed there (not a Mobility Header); a malformed solicitation
     that the engine passes is not answered. Without a HAO only the home
@@ -120,7 +122,7 @@ def test_the_prefix_discovery_sa_carries_solicitations_only(backend):
     assert got == [(Verdict.DROP, Reason.POLICY), (Verdict.DROP, Reason.POLICY),
                    (Verdict.DROP, Reason.MALFORMED), (Verdict.DROP, Reason.POLICY)]
     assert vbs == []
-    bad = IPv6(bytes(IPv6(src=NEW, dst=str(h.ha))
+    bad = IPv6(bytes(IPv6(src=COA, dst=str(h.ha))
                      / IPv6ExtHdrDestOpt(options=[HAO(hoa=str(h.mn.home_address))])
                      / ICMPv6MPSol()))
     bad[ICMPv6MPSol].cksum ^= 1
@@ -206,7 +208,7 @@ def test_replay_answers_a_solicitation_in_its_place(tmp_path):
     from fastpath import pcap
     from fastpath.replay import format_report, replay
     h = Home("openssl")
-    bad = IPv6(bytes(IPv6(src=NEW, dst=str(h.ha))
+    bad = IPv6(bytes(IPv6(src=COA, dst=str(h.ha))
                      / IPv6ExtHdrDestOpt(options=[HAO(hoa=str(h.mn.home_address))])
                      / ICMPv6MPSol(code=1)))
     h.seq += 1

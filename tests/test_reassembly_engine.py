@@ -5,6 +5,7 @@ through the control plane's slow path (ControlPlane._punt), which writes
 the inner packet to the home TUN (here a pipe) as a worker would."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, frag
 from scapy.packet import Raw, raw
 
 from fastpath import metrics
-from fastpath.control import MAX_REASSEMBLED, ControlPlane
+from fastpath.control import BINDING_ERRORS_PER_S, MAX_REASSEMBLED, ControlPlane
 from fastpath.core.batch import Batch
 from fastpath.core.engine import Engine
 from fastpath.reassembly import Reassembler
@@ -132,11 +133,16 @@ def control_plane(topo, vnet: bool):
     os.set_blocking(r, False)
     eng = Engine(topo.sad, "openssl")
     eng.lock_sleeps = True
+    wire_r, wire_w = os.pipe()                 # the wire TUN: Binding Errors (not read)
+    os.set_blocking(wire_w, False)
+    cfg = SimpleNamespace(home_agent=SimpleNamespace(address=ipaddress.IPv6Address(HA)))
     fwd = SimpleNamespace(sad=topo.sad, control_engine=eng, home_fd=w, home_vnet=vnet,
-                          engines=[], workers=[], control=None)
+                          engines=[], workers=[], control=None, cfg=cfg, wire_fd=wire_w,
+                          wire_read_end=wire_r)
     cp = object.__new__(ControlPlane)
     cp.fwd = fwd
     cp.events = Counter()
+    cp._be_tokens, cp._be_last = BINDING_ERRORS_PER_S, 0.0
     cp.bindings = None
     cp.registration = None
     cp.reassembler = Reassembler()

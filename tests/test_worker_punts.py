@@ -8,7 +8,9 @@ import time
 
 from fastpath.core.worker import Worker
 
-from topo import COA1, HA, make_topo, outer
+from fastpath.ref.ipv6 import hao_destopt
+
+from topo import COA1, COA2, HA, MN1, make_topo, outer
 
 
 def run_worker(max_packet, packets, punt_rate=None, punt_burst=None, expect=None):
@@ -72,3 +74,15 @@ def test_unauthenticated_punts_are_policed_in_the_worker():
     assert len(got) == 5 and counters["punt_policed"] == 45 and overflow == 0
     got, counters, _ = run_worker(2048, pkts, punt_rate=0, punt_burst=0)     # 0: no limit
     assert len(got) == 50 and counters["punt_policed"] == 0
+
+
+def test_a_home_address_option_without_its_binding_comes_as_unbound_hao():
+    """RFC 6275 §9.3.1: the engine's NO_BINDING note on a punt reaches the
+    control thread as its own kind, for the Binding Error; the same packet
+    from the registered care-of address is an ordinary punt."""
+    icmp = bytes([128, 0, 0, 0, 0, 0, 0, 1])             # an echo request (checksum unchecked)
+    wrong = outer(COA2, HA, 60, hao_destopt(MN1, 58) + icmp)   # MN1 is bound to COA1
+    right = outer(COA1, HA, 60, hao_destopt(MN1, 58) + icmp)
+    got, counters, overflow = run_worker(2048, [wrong, right])
+    assert overflow == 0
+    assert [(k, bytes(v)) for k, v in got] == [("unbound_hao", wrong), ("punt", right)]

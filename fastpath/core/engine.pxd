@@ -121,6 +121,7 @@ cdef class Engine:
     cdef void _count_out(self, Batch b, int nj) noexcept nogil
     cdef void _decap(self, Batch b) noexcept nogil
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil
+    cdef void _unbound_hao(self, Batch b, int i) noexcept nogil
     cdef void _classify_in(self, Batch b, fp_in_state *st) noexcept nogil
     cdef void _classify_in_one(self, Batch b, int i, uint8_t *p, int32_t n,
                                fp_in_state *st) noexcept nogil

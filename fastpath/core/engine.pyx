@@ -168,18 +168,41 @@ cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
     return off >= n or p[off] < 128
 
 
+# Next headers that may stand between the IPv6 header and a Tunnel
+# Encapsulation Limit: hop-by-hop 0, routing 43, fragment 44, AH 51,
+# destination options 60 (one bit each).
+cdef uint64_t TEL_CHAIN = ((<uint64_t>1) | (<uint64_t>1 << 43) | (<uint64_t>1 << 44)
+                           | (<uint64_t>1 << 51) | (<uint64_t>1 << 60))
+
+cdef inline bint tel_chain(uint8_t nh) noexcept nogil:
+    """Whether a header of type `nh` can precede a Tunnel Encapsulation
+    Limit: a packet whose first next header is not one has none."""
+    return nh < 64 and ((TEL_CHAIN >> nh) & 1)
+
+
 cdef int32_t tel_offset(const uint8_t *p, int32_t n) noexcept nogil:
     """Where the value of the packet's Tunnel Encapsulation Limit option
     (type 4, length 1; RFC 2473 §4.1.1) is: the first in a destination-
-    options header before the upper layer. -1 when there is none or the
-    chain or an option runs past its end. Reference: fastpath.ref.ipv6.find_tel."""
+    options header, its extension headers examined left to right - hop-by-
+    hop, routing, destination options, AH, and a fragment header of offset
+    0 (a later fragment's chain is not here). An option running past its
+    header ends that header's options, not the search (as Linux's ip6_tnl
+    does). -1 when there is none or the chain runs past its end.
+    Reference: fastpath.ref.ipv6.find_tel."""
     cdef int32_t off = 40, end, o
     cdef uint8_t nh = p[6]
     cdef int k = 0
-    while (nh == 0 or nh == 43 or nh == 60) and k < MAX_EXT_HEADERS:
-        if off + 2 > n:
+    while tel_chain(nh) and k < MAX_EXT_HEADERS:
+        if off + 8 > n:                     # none of these is shorter
             return -1
-        end = off + (p[off + 1] + 1) * 8
+        if nh == 44:
+            if ((p[off + 2] << 8) | p[off + 3]) & 0xFFF8:
+                return -1
+            end = off + 8
+        elif nh == 51:
+            end = off + (p[off + 1] + 2) * 4
+        else:
+            end = off + (p[off + 1] + 1) * 8
         if end > n:
             return -1
         o = off + 2
@@ -188,7 +211,7 @@ cdef int32_t tel_offset(const uint8_t *p, int32_t n) noexcept nogil:
                 o += 1
                 continue
             if o + 2 > end or o + 2 + p[o + 1] > end:
-                return -1
+                break
             if p[o] == 4 and p[o + 1] == 1:
                 return o + 2
             o += 2 + p[o + 1]
@@ -596,7 +619,7 @@ cdef class Engine:
                 self._verdict(b, i, V_DROP, R_MALFORMED, -1)
                 continue
             # HA: tunnel to the mobile node the packet is for; MN: from our HoA.
-            if fast and n <= fit and fp_eq128(p + dst, hi, lo):
+            if fast and n <= fit and fp_eq128(p + dst, hi, lo) and not tel_chain(p[6]):
                 j = &jobs[nj]
                 nj += 1
                 j.slot = i
@@ -682,6 +705,14 @@ cdef class Engine:
         if s < 0:
             self._plain_out(b, i, p, n, st)
             return
+        # RFC 2473 §4.1.1: a packet whose Tunnel Encapsulation Limit is 0
+        # may not enter another tunnel, ESP's included. (A limit above 0 is
+        # not carried: ESP tunnel mode keeps RFC 3776 §3.4's outer header.)
+        if tel_chain(p[6]):
+            r = tel_offset(p, n)
+            if r >= 0 and p[r] == 0:
+                self._icmp_error(b, i, p, n, s, R_ENCAP_LIMIT, 4, <uint32_t>r)
+                return
         # A packet of up to 1280 bytes is tunnelled even when it does not fit:
         # its outer packet leaves fragmented (RFC 2473 §7.1; the worker
         # fragments).
@@ -709,14 +740,15 @@ cdef class Engine:
                          fp_out_state *st) noexcept nogil:
         """Plain IPv6-in-IPv6 (RFC 2473) for a mobile node without a payload
         SA. A packet that already carries a Tunnel Encapsulation Limit (it
-        left another tunnel) gets it, one lower, in a destination-options
-        header of ours (8 bytes more); at 0 it may not enter another tunnel:
-        Parameter Problem pointing at the limit (RFC 2473 §5.1)."""
+        is inside another tunnel, whose header carries it) gets it, one
+        lower, in a destination-options header of ours (8 bytes more); at 0
+        it may not enter another tunnel: Parameter Problem pointing at the
+        limit (RFC 2473 §4.1.1, §5.1)."""
         cdef fp_sad *t = self.t
         cdef int32_t tel = -1, hl = 40, fit = st.fit
         cdef bint frag = False
         cdef uint8_t *outer
-        if p[6] == 0 or p[6] == 43 or p[6] == 60:
+        if tel_chain(p[6]):
             tel = tel_offset(p, n)
             if tel >= 0:
                 if p[tel] == 0:
@@ -742,7 +774,7 @@ cdef class Engine:
             outer[42] = 4                       # Tunnel Encapsulation Limit
             outer[43] = 1
             outer[44] = p[tel] - 1
-            outer[45] = 1                       # PadN, 1 byte
+            outer[45] = 1                       # PadN option: 1 zero byte of data
             outer[46] = 1
             outer[47] = 0
         b.c_off[i] -= hl
@@ -1051,6 +1083,15 @@ cdef class Engine:
         if bad:
             self._verdict(b, i, V_DROP, R_MALFORMED, -1)
             return
+        # RFC 6275 §9.3.1 (ESP: below, by SA). A Binding Update is exempt:
+        # one in the clear is punted as such (and moves nothing); so is a
+        # fragment, whose whole packet is checked once reassembled (it may
+        # be a BU from a new care-of address).
+        if (hoa != NULL and t.role == ROLE_HA and nh != 50 and nh != 44
+                and not (nh == 135 and off + 3 <= n and p[off + 2] == 5)
+                and not coa_bound(t, hoa, p + 8)):
+            self._unbound_hao(b, i)
+            return
         if nh == 41:
             self._plain(b, i, p, n, off)
             return
@@ -1073,6 +1114,12 @@ cdef class Engine:
                 self._verdict(b, i, V_DROP, R_UNKNOWN_SPI, -1)
                 return
         sa = &t.sas[s]
+        # RFC 6275 §9.3.1, not on a binding SA: a Binding Update is what
+        # makes the binding (§9.3.1 exempts it; the cache checks it).
+        if (hoa != NULL and t.role == ROLE_HA and sa.purpose != PURPOSE_BINDING
+                and not coa_bound(t, hoa, p + 8)):
+            self._unbound_hao(b, i)
+            return
         ct_len = esp_ct_len(sa.keys, esp_len)
         if ct_len < 0:
             self._verdict(b, i, V_DROP, R_MALFORMED, s)
@@ -1097,6 +1144,15 @@ cdef class Engine:
             # Where the inner packet will start (a drop's offset does not
             # matter; transport mode moves the header chain instead).
             b.c_off[i] += off + 8 + sa.keys.iv_len
+
+    cdef void _unbound_hao(self, Batch b, int i) noexcept nogil:
+        """RFC 6275 §9.3.1: a Home Address option must name a binding whose
+        care-of address is the packet's source. One that does not is not
+        processed: it goes to the control plane, which answers with a
+        Binding Error (status 1), with the note NO_BINDING (not counted as
+        a drop here: the control plane counts it)."""
+        self._verdict(b, i, V_PUNT, R_NONE, -1)
+        b.c_reason[i] = R_NO_BINDING
 
     cdef void _finish_in(self, Batch b, int nj) noexcept nogil:
         """Pass 3, in packet order: ICV verdict, padding, replay commit, inner
@@ -1252,7 +1308,7 @@ cdef class Engine:
         if sa.purpose == PURPOSE_PD:
             # The prefix-discovery SA carries Mobile Prefix Solicitations
             # (ICMPv6 type 146) to the home agent and nothing else (RFC 3776
-            # §4.4); a BU on it must not move the binding (§4.1). The mobile-
+            # §3.3); a BU on it must not move the binding (§4.1). The mobile-
             # node role does not do prefix discovery.
             if self.t.role != ROLE_HA or nxt != 58 or plen < 1 or j.ct[0] != 146:
                 self._verdict(b, i, V_DROP, R_POLICY, s)

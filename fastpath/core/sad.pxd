@@ -119,6 +119,17 @@ cdef inline const uint8_t *ep_coa(const fp_sad *t, int32_t e) noexcept nogil:
     return t.eps[e].hdr + (24 if t.role == ROLE_HA else 8)
 
 
+cdef inline bint coa_bound(const fp_sad *t, const uint8_t *hoa, const uint8_t *coa) noexcept nogil:
+    """Whether home address `hoa` is bound to care-of address `coa` (the
+    binding cache check of RFC 6275 §9.3.1). Home agent tables."""
+    cdef int32_t m = sad_find_mn(t, hoa)
+    cdef int32_t e
+    if m < 0:
+        return False
+    e = fp_load_acq_i32(&t.mns[m].ep)
+    return e >= 0 and memcmp(ep_coa(t, e), coa, 16) == 0
+
+
 cdef inline int32_t sad_find_spi(const fp_sad *t, uint32_t spi) noexcept nogil:
     """Inbound SPI -> SA index, or -1. O(1) expected."""
     cdef uint32_t i = (spi * <uint32_t>0x9E3779B1) & t.spi_mask

@@ -18,7 +18,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from fastpath.core.batch cimport Batch, HEADROOM
 from fastpath.core.engine cimport (Engine, fp_binding_rec, V_TO_WIRE, V_TO_HOME, V_PUNT,
-                                   BINDING_MAX, R_FRAGMENT)
+                                   BINDING_MAX, R_FRAGMENT, R_NO_BINDING)
 from fastpath.core.sad cimport SADatabase, issue_binding
 from fastpath.core.includes.atomic cimport fp_load_u64, fp_store_u64
 from fastpath.core.offload cimport (fp_tso, fp_gro, iovec, tso_begin, tso_next, gro_candidate,
@@ -46,6 +46,7 @@ cdef enum:
     PUNT_DATA = 2048        # the smallest slot: a worker's slots hold its largest packet
     KIND_PUNT = 1          # a wire-side packet the engine does not handle, unchanged
     KIND_BINDING = 2       # authenticated: an MH from a binding SA, an MPS from a prefix-discovery SA
+    KIND_UNBOUND_HAO = 3   # a punt noted NO_BINDING: its Home Address option names no binding
     FRAG_BUF = 9216        # one fragment (at most the wire MTU we fragment for)
     PUNT_RATE = 10000      # default policing of unauthenticated punts, per worker and second
     PUNT_BURST = 1000
@@ -116,7 +117,9 @@ cdef class PuntRing:
         write(self.fd, &one, 8)
 
     def drain(self, SADatabase sad not None, int limit=RING_SLOTS):
-        """[("punt", bytes) | ("binding", VerifiedBinding)] in arrival order."""
+        """[("punt", bytes) | ("unbound_hao", bytes) | ("binding", VerifiedBinding)]
+        in arrival order ("unbound_hao": a punt whose Home Address option
+        names no binding with its source as care-of address, RFC 6275 §9.3.1)."""
         cdef uint64_t buf
         cdef uint64_t t = self.tail
         cdef fp_punt *p
@@ -128,7 +131,8 @@ cdef class PuntRing:
                 out.append(("binding", issue_binding(sad, sad.t.sas[p.sa].mn, &sad.t.sas[p.sa], p.seq,
                                                      p.data, p.length, p.mh_offset)))
             else:
-                out.append(("punt", PyBytes_FromStringAndSize(<const char *>p.data, p.length)))
+                out.append(("unbound_hao" if p.kind == KIND_UNBOUND_HAO else "punt",
+                            PyBytes_FromStringAndSize(<const char *>p.data, p.length)))
             t += 1
             fp_store_u64(&self.tail, t)
         return out
@@ -556,7 +560,9 @@ cdef class Worker:
                 if not self._punt_token():
                     self.punt_policed += 1
                     continue
-                pushed |= self.punts.push(KIND_PUNT, b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i],
+                pushed |= self.punts.push(KIND_UNBOUND_HAO if b.c_reason[i] == R_NO_BINDING
+                                          else KIND_PUNT,
+                                          b.c_data + <Py_ssize_t>i * b.slot_size + b.c_off[i],
                                           b.c_len[i], -1, 0, 0)
         for k in range(self.engine.n_bindings):
             r = &self.engine.bindings[k]

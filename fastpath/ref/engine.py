@@ -29,6 +29,7 @@ PURPOSES = {
 DIRECTIONS = ("in", "out")
 
 MH_HOME_TEST_INIT = 1
+MH_BINDING_UPDATE = 5
 ICMP_MPS = 146           # Mobile Prefix Solicitation (RFC 6275 §6.7)
 MH_HOME_TEST = 3
 OUTER_HOP_LIMIT = 64
@@ -197,14 +198,14 @@ class RefEngine:
         # Over the MTU but at most 1280 bytes: tunnelled all the same, the
         # outer packet fragmented - at 1280 bytes below a lowered path MTU,
         # which the reason FRAGMENT on the TO_WIRE verdict tells the worker.
+        # A packet with a Tunnel Encapsulation Limit of 0 may not enter
+        # another tunnel (RFC 2473 §4.1.1), ours of either kind; above 0 the
+        # limit goes on, one lower, in a plain tunnel's header (§5.1) - an
+        # ESP tunnel keeps RFC 3776 §3.4's outer header and carries none.
+        tel = ipv6.find_tel(pkt)
+        if tel is not None and pkt[tel] == 0:
+            return self._icmp_error(Reason.ENCAP_LIMIT, pkt, sa, ipv6.parameter_problem, tel)
         if sa is None:      # plain IPv6-in-IPv6 (RFC 2473)
-            # A Tunnel Encapsulation Limit in the packet (it came out of
-            # another tunnel) goes on, one lower, in our tunnel header; at 0
-            # the packet may not enter another tunnel (RFC 2473 §5.1).
-            tel = ipv6.find_tel(pkt)
-            if tel is not None and pkt[tel] == 0:
-                return self._icmp_error(Reason.ENCAP_LIMIT, pkt, None,
-                                        ipv6.parameter_problem, tel)
             ext = b"" if tel is None else ipv6.tel_destopt(pkt[tel] - 1, NH_IPV6)
             over = ipv6.HEADER_LEN + len(ext) + len(pkt) > mtu
             if over and len(pkt) > ipv6.MIN_MTU:
@@ -276,9 +277,25 @@ class RefEngine:
             return self._drop(e.reason)
         if chain.next_header == NH_ESP:                             # 3
             return self._decap_esp(pkt, chain)
-        if chain.next_header == NH_IPV6:                            # 4
+        if not self._hao_bound(pkt, chain):                         # 4
+            return self._emit(Verdict.PUNT, pkt, Reason.NO_BINDING)
+        if chain.next_header == NH_IPV6:                            # 5
             return self._decap_plain(pkt, chain)
-        return self._emit(Verdict.PUNT, pkt)                        # 5
+        return self._emit(Verdict.PUNT, pkt)                        # 6
+
+    def _hao_bound(self, pkt: bytes, chain: ipv6.Chain) -> bool:
+        """RFC 6275 §9.3.1: a Home Address option must name a binding whose
+        care-of address is the packet's source; one that does not is punted
+        with the note NO_BINDING (the control plane answers it with a Binding
+        Error, status 1). True when there is no option."""
+        if chain.hoa is None:
+            return True
+        # exempt: a BU, which makes the binding, and a fragment (checked
+        # once reassembled: it may be a BU from a new care-of address)
+        if chain.next_header == ipv6.NH_FRAGMENT or ipv6.mh_type(pkt) == MH_BINDING_UPDATE:
+            return True
+        mn = self._mns.get(chain.hoa)
+        return mn is not None and mn.coa == pkt[8:24]
 
     def _decap_esp(self, pkt: bytes, chain: ipv6.Chain) -> Result:
         esp = pkt[chain.offset:]
@@ -288,6 +305,9 @@ class RefEngine:
         sa = self._sas["in"].get(spi)
         if sa is None:
             return self._drop(Reason.UNKNOWN_SPI)
+        # §9.3.1 exempts the Binding Update, which makes the binding
+        if sa.purpose != "binding" and not self._hao_bound(pkt, chain):
+            return self._emit(Verdict.PUNT, pkt, Reason.NO_BINDING)
         if not sa.esp.framing_ok(esp):
             return self._drop(Reason.MALFORMED, sa)
         seq = sa.replay.infer(seq_lo)
@@ -330,7 +350,7 @@ class RefEngine:
         if hoa != sa.hoa:
             return self._drop(Reason.POLICY, sa)
         if sa.purpose == "prefix-discovery":
-            # Mobile Prefix Solicitations and nothing else (RFC 3776 §4.4): a
+            # Mobile Prefix Solicitations and nothing else (RFC 3776 §3.3): a
             # BU on this SA moves nothing (§4.1)
             if nh != ipv6.NH_ICMPV6 or payload[:1] != bytes([ICMP_MPS]):
                 return self._drop(Reason.POLICY, sa)

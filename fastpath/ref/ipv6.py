@@ -28,6 +28,9 @@ NH_MH = 135
 # The fragment header (44) is deliberately absent: it ends the walk, and the
 # caller punts it like any other next header it does not handle.
 SKIPPED = (NH_HOPOPTS, NH_ROUTING, NH_DSTOPTS)
+NH_AH = 51
+# Headers that may stand before a Tunnel Encapsulation Limit (find_tel).
+TEL_CHAIN = (NH_HOPOPTS, NH_ROUTING, NH_FRAGMENT, NH_AH, NH_DSTOPTS)
 MAX_EXT_HEADERS = 8
 
 OPT_PAD1 = 0
@@ -49,6 +52,27 @@ def addr(a: str | bytes | ipaddress.IPv6Address) -> bytes:
 def ntop(a: bytes) -> str:
     """Text form of a 16-byte address (for messages and tests)."""
     return str(ipaddress.IPv6Address(bytes(a)))
+
+
+def reply_problem(dst: bytes, own: bytes) -> str | None:
+    """Why a message answering a packet must not go to that packet's source
+    `dst`, or None. Only a unicast address other than our own (`own`) names a
+    node to answer (RFC 6275 §9.3.3 for Binding Errors; RFC 4291 §2.5.2: the
+    unspecified address is never a destination); a forged source must not
+    turn an answer into a multicast, a loop through ourselves or a packet to
+    nowhere."""
+    a = ipaddress.IPv6Address(bytes(dst))
+    if a.is_unspecified:
+        return "unspecified"
+    if a.is_multicast:
+        return "multicast"
+    if a.is_loopback:
+        return "loopback"
+    if a.ipv4_mapped is not None:
+        return "IPv4-mapped"
+    if bytes(dst) == bytes(own):
+        return "our own address"
+    return None
 
 
 def ipv6_header(src: bytes, dst: bytes, nh: int, plen: int, hlim: int = 64,
@@ -282,22 +306,34 @@ def parameter_problem(src: bytes, original: bytes, pointer: int) -> bytes:
 def find_tel(pkt: bytes) -> int | None:
     """Where the value of the Tunnel Encapsulation Limit option (type 4,
     length 1; RFC 2473 §4.1.1) of the IPv6 packet `pkt` sits: the first one
-    in a destination-options header before its upper layer, walking
-    hop-by-hop, routing and destination-options headers. None when there is
-    none, or when the chain or an option runs past its end (a packet this
-    node only forwards: not for it to judge)."""
+    in a destination-options header, the extension headers examined left to
+    right - hop-by-hop, routing, destination options, AH, and a fragment
+    header of offset 0 (a later fragment's chain is not in it). An option
+    running past its header ends that header's options, not the search
+    (Linux's ip6_tnl does the same). None when there is none, or when the
+    chain runs past its end (a packet this node only forwards: not for it to
+    judge)."""
     nh, off, count = pkt[6], HEADER_LEN, 0
-    while nh in SKIPPED and count < MAX_EXT_HEADERS:
-        if off + 2 > len(pkt) or off + (pkt[off + 1] + 1) * 8 > len(pkt):
+    while nh in TEL_CHAIN and count < MAX_EXT_HEADERS:
+        if off + 8 > len(pkt):                  # none of these is shorter
             return None
-        end = off + (pkt[off + 1] + 1) * 8
+        if nh == NH_FRAGMENT:
+            if int.from_bytes(pkt[off + 2:off + 4], "big") & 0xFFF8:
+                return None
+            end = off + 8
+        elif nh == NH_AH:
+            end = off + (pkt[off + 1] + 2) * 4
+        else:
+            end = off + (pkt[off + 1] + 1) * 8
+        if end > len(pkt):
+            return None
         i = off + 2
         while nh == NH_DSTOPTS and i < end:
             if pkt[i] == OPT_PAD1:
                 i += 1
                 continue
             if i + 2 > end or i + 2 + pkt[i + 1] > end:
-                return None
+                break
             if pkt[i] == OPT_TEL and pkt[i + 1] == 1:
                 return i + 2
             i += 2 + pkt[i + 1]
@@ -307,7 +343,8 @@ def find_tel(pkt: bytes) -> int | None:
 
 def tel_destopt(limit: int, nh: int) -> bytes:
     """A destination-options header carrying only a Tunnel Encapsulation
-    Limit option (8 bytes, a 1-byte PadN to fill it), for a tunnel header."""
+    Limit option (8 bytes: a PadN option with 1 zero byte of data fills
+    it), for a tunnel header."""
     return bytes([nh, 0, OPT_TEL, 1, limit, OPT_PADN, 1, 0])
 
 
