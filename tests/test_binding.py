@@ -747,6 +747,37 @@ def test_a_home_address_option_without_its_binding_gets_a_binding_error(backend,
         assert (be.mhtype, be.status, be.ha) == (7, 1, hoa)
 
 
+def test_replay_writes_binding_errors_in_place(backend, tmp_path):
+    """fastpath replay: a Binding Error takes the place of an authenticated
+    Mobility Header of an unknown type (status 2) and of a packet whose Home
+    Address option names no binding (status 1); none goes to a multicast
+    source; the report counts all three."""
+    from scapy.layers.inet6 import ICMPv6EchoRequest, MIP6MH_BE
+
+    from fastpath import pcap
+    from fastpath.replay import format_report, replay
+    h = Home(backend)
+    good = mh.build(mh.BindingUpdate(5, 100, ack=True, home=True), h.hoa(0), h.ha)
+    unk = good[:2] + bytes([200]) + good[3:]
+    hoa = str(h.mn(0).home_address)
+    echo = bytes(IPv6(src=NEW2, dst=ntop(h.ha)) / IPv6ExtHdrDestOpt(options=[HAO(hoa=hoa)])
+                 / ICMPv6EchoRequest())
+    inp, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    with pcap.PcapWriter(inp) as w:
+        w.write(raw_mh(h, 0, unk), 1.0)
+        w.write(echo, 2.0)
+        w.write(raw_mh(h, 0, unk, src="ff02::1"), 3.0)
+    res, sad = replay(h.cfg, inp, out, backend)
+    got = [(ts, IPv6(pkt)) for ts, pkt in pcap.read_packets(out)]
+    assert [(ts, p.src, p.dst, p[MIP6MH_BE].status, p[MIP6MH_BE].ha) for ts, p in got] == [
+        (1.0, ntop(h.ha), NEW, 2, hoa), (2.0, ntop(h.ha), NEW2, 1, hoa)]
+    assert (res.binding_errors, res.binding_errors_not_sent,
+            res.unbound_home_address_options) == (2, 1, 1)
+    assert ("binding errors written: 2 (malformed Mobility Headers, Home Address options "
+            "without a binding: 1); not written, the source not a unicast address: 1"
+            in format_report(res, sad))
+
+
 def test_callback_errors_do_not_undo_bindings(backend):
     def boom(hoa):
         raise OSError("netlink says no")

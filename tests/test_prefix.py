@@ -140,6 +140,41 @@ def test_the_prefix_discovery_sa_carries_solicitations_only(backend):
     assert plain[ICMPv6MPAdv].id == 7
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_solicitations_that_are_not_answered(backend):
+    """A solicitation shorter than 8 bytes is not answered. One from a
+    care-of address the home address is not bound to - a multicast one
+    included, which no binding can have - never reaches prefix.answer: its
+    Home Address option names no binding (RFC 6275 §9.3.1), so the engine
+    punts it for a Binding Error. prefix.answer refuses a source that is not
+    a unicast address other than the home agent's all the same (BadSource)."""
+    from types import SimpleNamespace
+    h = Home(backend)
+    mps = bytes(IPv6(src=COA, dst=str(h.ha))
+                / IPv6ExtHdrDestOpt(options=[HAO(hoa=str(h.mn.home_address))])
+                / ICMPv6MPSol())
+    short = IPv6(mps[:-4])                       # 4 bytes of ICMPv6
+    short.plen = len(mps) - 44
+    h.seq += 1
+    short = bytes(scapy_sa(h.mn.sa("prefix-discovery", "in")).encrypt(short, seq_num=h.seq))
+    multicast = bytearray(h.sealed(ICMPv6MPSol(id=4)))
+    multicast[8:24] = ipaddress.IPv6Address("ff02::1").packed   # not covered by the ICV
+    got, vbs = h.decap([short, h.sealed(ICMPv6MPSol(id=3), src="2001:db8:4::40"),
+                        bytes(multicast), h.sealed(ICMPv6MPSol(id=5))])
+    assert got == [(Verdict.BINDING, Reason.NONE), (Verdict.PUNT, Reason.NO_BINDING),
+                   (Verdict.PUNT, Reason.NO_BINDING), (Verdict.BINDING, Reason.NONE)]
+    with pytest.raises(prefix.PrefixError, match="shorter"):
+        prefix.answer(h.engine, vbs[0][1], h.cfg.home_agent.home_prefix, h.ha.packed)
+    vb = vbs[1][1]
+    for src, why in (("ff02::1", "multicast"), ("::", "unspecified"),
+                     (str(h.ha), "our own address")):
+        fake = SimpleNamespace(purpose=vb.purpose, packet=vb.packet, mh_offset=vb.mh_offset,
+                               home_address=vb.home_address,
+                               source=ipaddress.IPv6Address(src).packed)
+        with pytest.raises(prefix.BadSource, match=why):
+            prefix.answer(h.engine, fake, h.cfg.home_agent.home_prefix, h.ha.packed)
+
+
 def test_reference_engine_agrees():
     """The pure-Python engine gives the same verdicts for the same packets."""
     from fastpath.ref.engine import RefEngine
