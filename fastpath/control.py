@@ -377,24 +377,28 @@ class ControlPlane:
 
     def _packet_too_big(self, pkt: bytes) -> None:
         """An ICMPv6 Packet Too Big about one of our tunnel packets (it quotes
-        an outer header from the HA address, longer than the MTU it reports)
-        lowers the path MTU toward that care-of address (RFC 8201): larger
-        inner packets then get a Packet Too Big of their own from the engine
-        (RFC 2473 §7.1, RFC 4459) and their senders adapt, instead of being
-        lost on the narrow path. It is unauthenticated, so it only ever
-        lowers, at most once per PMTU_HOLD_S per CoA, never below 1280, and
-        ages out after PMTU_AGE_S (RFC 8201 §4)."""
-        if len(pkt) < 48 + 40 or pkt[40] != 2 or self.fwd.opts.role != "home-agent":
+        an outer header between the HA address and a care-of address - from
+        the HA at a home agent, to it at a mobile node - longer than the MTU
+        it reports) lowers the path MTU of the tunnel at that care-of address
+        (RFC 8201): larger inner packets then get a Packet Too Big of their
+        own from the engine (RFC 2473 §7.1, RFC 4459) and their senders
+        adapt, instead of being lost on the narrow path. It is
+        unauthenticated, so it only ever lowers, at most once per
+        PMTU_HOLD_S per CoA, never below 1280, and ages out after PMTU_AGE_S
+        (RFC 8201 §4)."""
+        if len(pkt) < 48 + 40 or pkt[40] != 2:
             return
         mtu = int.from_bytes(pkt[44:48], "big")
         quoted = pkt[48:]
         cfg_mtu = self.fwd.cfg.home_agent.mtu
-        if (quoted[0] >> 4 != 6 or quoted[8:24] != self.fwd.cfg.home_agent.address.packed
+        ha = self.fwd.cfg.home_agent.address.packed
+        at_ha = self.fwd.opts.role == "home-agent"
+        if (quoted[0] >> 4 != 6 or (quoted[8:24] if at_ha else quoted[24:40]) != ha
                 or quoted[6] not in (41, 50)
                 or 40 + int.from_bytes(quoted[4:6], "big") <= mtu):
             return
         self.events["punt.packet_too_big"] += 1
-        coa = quoted[24:40]
+        coa = quoted[24:40] if at_ha else quoted[8:24]
         now = time.monotonic()
         mtu = max(1280, min(mtu, cfg_mtu))
         held = self._pmtu.get(coa)
@@ -402,12 +406,20 @@ class ControlPlane:
                                                     or now - held[1] < PMTU_HOLD_S)):
             return
         n = self.fwd.sad.set_path_mtu(coa, mtu)
+        if not at_ha and n == 0:
+            return                # a packet from a care-of address we have left
         self._pmtu[coa] = (mtu, now)
         self.events["path_mtu.lowered"] += 1
-        log.warning("ICMPv6 Packet Too Big from %s: path MTU toward care-of address %s is "
-                    "now %d (configured %d; %d mobile node(s) there)",
-                    ipaddress.IPv6Address(pkt[8:24]), ipaddress.IPv6Address(coa), mtu,
-                    cfg_mtu, n)
+        if at_ha:
+            log.warning("ICMPv6 Packet Too Big from %s: path MTU toward care-of address %s is "
+                        "now %d (configured %d; %d mobile node(s) there)",
+                        ipaddress.IPv6Address(pkt[8:24]), ipaddress.IPv6Address(coa), mtu,
+                        cfg_mtu, n)
+        else:
+            log.warning("ICMPv6 Packet Too Big from %s: path MTU from care-of address %s to "
+                        "the home agent is now %d (configured %d)",
+                        ipaddress.IPv6Address(pkt[8:24]), ipaddress.IPv6Address(coa), mtu,
+                        cfg_mtu)
 
     def _age_path_mtu(self) -> None:
         """A lowered path MTU goes back to the configured one after

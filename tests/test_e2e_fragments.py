@@ -124,7 +124,11 @@ def test_packet_too_big_from_the_path_lowers_the_tunnel_mtu(net, tmp_path):
     with a Packet Too Big of its own (1280); the CN then fragments, the HA
     tunnels the 1280-byte fragments with the outer packets cut at 1280, and
     the datagrams arrive - where before all were lost on the narrow link.
-    (One way, CN -> MN: the MN role has no path MTU of its own.)"""
+    The other way the mobile node's own link is the narrow one: its kernel
+    answers the MN's tunnel packet with a Packet Too Big to the care-of
+    address (routed into the MN's wire TUN), the mobile-node role lowers
+    the path MTU from that care-of address, and the HoA's datagrams arrive
+    too."""
     path = config(tmp_path, "aes128gcm16")
     for ns, ifname in ((net.router, "r-mn"), (net.mn, "mn0")):
         ns.ip("link", "set", ifname, "mtu", "1300")
@@ -140,8 +144,16 @@ def test_packet_too_big_from_the_path_lowers_the_tunnel_mtu(net, tmp_path):
         assert b["path_mtu"] == 1300, b
         c = ctl(net.ha, ha_sock, "counters")
         assert c["control"]["path_mtu.lowered"] == 1 and c["io"]["fragmented"] >= got, c["io"]
+        got = udp(net, net.mn, net.cn, T.CN, n, bind=f's.bind(("{T.HOA1}", 0))', size=1352, gap=0.05)
+        assert got >= n - 5, (got, ctl(net.mn, mn_sock, "counters")["control"])
+        [b] = ctl(net.mn, mn_sock, "bindings")
+        assert b["path_mtu"] == 1300, b
+        assert ctl(net.mn, mn_sock, "counters")["control"]["path_mtu.lowered"] == 1
     finally:
         stop((mn, ha))
     log = open(ha_sock + ".log").read()
     assert ha.returncode == 0, log
     assert f"path MTU toward care-of address {T.COA1} is now 1300" in log
+    log = open(mn_sock + ".log").read()
+    assert mn.returncode == 0, log
+    assert f"path MTU from care-of address {T.COA1} to the home agent is now 1300" in log

@@ -85,3 +85,55 @@ def test_home_agent_cannot_relocate():
     sad = sad_from_config(cfg, "openssl")
     with pytest.raises(PermissionError):
         sad.relocate(cfg.mobile_nodes[0].home_address.packed, bytes(16))
+
+
+def test_packet_too_big_lowers_the_mobile_nodes_own_path_mtu(pair, monkeypatch):
+    """RFC 8201 at the mobile node: a Packet Too Big (built by scapy) quoting
+    one of its tunnel packets (care-of address -> home agent) lowers the
+    tunnel MTU from that care-of address; the engine then answers a large
+    inner packet with a Packet Too Big of its own, and a smaller one still
+    goes. One quoting the home agent's direction, or a care-of address the
+    node has left, changes nothing; a move starts the new path at the
+    configured MTU."""
+    import ipaddress
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
+
+    from fastpath import control
+    from fastpath.ref.ipv6 import ntop
+    cfg, mn_cfg, ha_sad, ha, mn_sad, mn = pair
+    hoa, coa = mn_cfg.home_address.packed, mn_cfg.care_of_address.packed
+    ha_addr = cfg.home_agent.address.packed
+    now = [100.0]
+    monkeypatch.setattr(control, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    fwd = SimpleNamespace(sad=mn_sad, opts=SimpleNamespace(role="mobile-node"), cfg=cfg)
+    cp = SimpleNamespace(fwd=fwd, events=Counter(), _pmtu={}, bindings=None)
+    cp._packet_too_big = lambda p: control.ControlPlane._packet_too_big(cp, p)
+
+    def ptb(mtu, src, dst):
+        quoted = bytes(IPv6(src=ntop(src), dst=ntop(dst), nh=50) / (b"\x00" * 1460))
+        return bytes(IPv6(src="2001:db8:9::1", dst=ntop(coa)) / ICMPv6PacketTooBig(mtu=mtu)
+                     / quoted[:1232])
+
+    mtu = cfg.home_agent.mtu
+    assert mn_sad.path_mtu(hoa) == mtu
+    control.ControlPlane._punt(cp, ptb(1300, ha_addr, coa), [])     # the HA's direction
+    assert mn_sad.path_mtu(hoa) == mtu
+    control.ControlPlane._punt(cp, ptb(1300, coa, ha_addr), [])
+    assert mn_sad.path_mtu(hoa) == 1300 and cp.events["path_mtu.lowered"] == 1
+    assert mn_sad.wait_grace(1.0)
+    big, small = inner(hoa, CN, 1300), inner(hoa, CN, 1200)
+    res = run(mn, "encap", [big, small])
+    assert [r[:2] for r in res] == [(Verdict.TO_HOME, Reason.TOO_BIG),
+                                    (Verdict.TO_WIRE, Reason.NONE)]
+    err = IPv6(res[0][2])
+    assert err.dst == ntop(hoa) and 1280 <= err[ICMPv6PacketTooBig].mtu < 1300
+    # a move: the new path starts at the configured MTU; the old CoA's PTB is stale
+    new_coa = ipaddress.IPv6Address("2001:db8:4::10").packed
+    mn_sad.relocate(hoa, new_coa)
+    assert mn_sad.path_mtu(hoa) == mtu
+    now[0] += control.PMTU_HOLD_S + 1
+    control.ControlPlane._punt(cp, ptb(1290, coa, ha_addr), [])
+    assert mn_sad.path_mtu(hoa) == mtu and cp.events["path_mtu.lowered"] == 1

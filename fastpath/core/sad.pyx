@@ -376,17 +376,18 @@ cdef class SADatabase:
         self._publish(m, <const uint8_t *>c)
 
     def set_path_mtu(self, coa, int mtu):
-        """Home agent: the path MTU toward care-of address `coa` (an ICMPv6
-        Packet Too Big said so, or it aged out back to the configured MTU),
-        clamped to [1280, configured MTU]. Each mobile node now at `coa` gets
-        a new endpoint record - the same addresses, this MTU - published as
-        a move is: a batch sees the old record or the new one, never half.
-        No address changes here (only move() does that, for an authenticated
-        Binding Update). Returns how many mobile nodes it touched."""
+        """The path MTU of the tunnel between care-of address `coa` and the
+        home agent (an ICMPv6 Packet Too Big said so, or it aged out back to
+        the configured MTU), clamped to [1280, configured MTU]: at a home
+        agent, toward the mobile nodes at `coa`; at a mobile node, from its
+        own care-of address `coa` (after a move the new path starts at the
+        configured MTU). Each mobile node now at `coa` gets a new endpoint
+        record - the same addresses, this MTU - published as a move is: a
+        batch sees the old record or the new one, never half. No address
+        changes here (only move() does that, for an authenticated Binding
+        Update). Returns how many mobile nodes it touched."""
         cdef bytes c = _addr(coa, "care-of address")
         cdef int32_t m, e, n = 0
-        if self.t.role != ROLE_HA:
-            raise PermissionError("path MTU per care-of address is a home agent's")
         mtu = max(1280, min(mtu, <int>self.t.mtu))
         for m in range(self.t.n_mns):
             e = self.t.mns[m].ep
