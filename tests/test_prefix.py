@@ -258,3 +258,21 @@ def test_replay_answers_a_solicitation_in_its_place(tmp_path):
     assert ts == 1.0 and plain[ICMPv6MPAdv].id == 0x77
     assert (res.prefix_advertisements, res.prefix_unanswered) == (1, 1)
     assert "mobile prefix solicitations answered: 1, not answered: 1" in format_report(res, sad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_mobile_node_role_does_not_take_advertisements(backend):
+    """The mobile-node role does no prefix discovery: the home agent's
+    advertisement, authentic and on the node's prefix-discovery SA, is a
+    policy drop there, and nothing reaches its control plane."""
+    h = Home(backend)
+    _, [(_, vb)] = h.decap([h.sealed(ICMPv6MPSol(id=11))])
+    wire = prefix.answer(h.engine, vb, h.cfg.home_agent.home_prefix, h.ha.packed)
+    mn_sad = sad_from_config(h.cfg, backend, role="mobile-node",
+                             home_address=str(h.mn.home_address))
+    mn = Engine(mn_sad, backend)
+    b = Batch(1)
+    b.load([wire])
+    mn.decap(b)
+    assert [r[:2] for r in b.results()] == [(Verdict.DROP, Reason.POLICY)]
+    assert mn.take_bindings() == []
