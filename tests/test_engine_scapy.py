@@ -426,11 +426,12 @@ def test_the_tunnel_encapsulation_limit_is_found_left_to_right(backend):
     its end (that header's options end there, the search goes on). A later
     fragment's chain is not in it: no limit, tunnelled. The limit that is
     found decides: 255 goes on as 254, 1 as 0, 0 gets a Parameter Problem
-    whose pointer is the limit's offset - refused without one behind a
-    fragment header, where RFC 4443 §2.4(e)'s test (is this an ICMPv6
-    error?) does not follow the chain. Both engines agree byte for byte."""
-    from scapy.layers.inet6 import (UDP, HBHOptUnknown, ICMPv6ParamProblem, IPv6ExtHdrDestOpt,
-                                    IPv6ExtHdrFragment, IPv6ExtHdrRouting, Pad1)
+    whose pointer is the limit's offset - none when the packet is an ICMPv6
+    error, which RFC 4443 §2.4(e) finds behind a first fragment's header and
+    the destination options after it too. Both engines agree byte for byte."""
+    from scapy.layers.inet6 import (UDP, HBHOptUnknown, ICMPv6PacketTooBig, ICMPv6ParamProblem,
+                                    IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrRouting,
+                                    Pad1)
     from scapy.packet import Raw
 
     from topo import COA2, MN2
@@ -452,6 +453,8 @@ def test_the_tunnel_encapsulation_limit_is_found_left_to_right(backend):
         "255": tel(255),
         "1": tel(1),
         "later fragment": IPv6ExtHdrFragment(offset=10, m=0, id=7) / tel(0),
+        "error in a first fragment": IPv6ExtHdrFragment(offset=0, m=1, id=8) / tel(0)
+        / ICMPv6PacketTooBig(mtu=1280) / (b"y" * 60),
     }
     pkts = []
     for name, ext in cases.items():
@@ -463,9 +466,9 @@ def test_the_tunnel_encapsulation_limit_is_found_left_to_right(backend):
     got, want = topo.run("encap", pkts)
     assert got == want
     by_name = dict(zip(cases, got))
-    for name in ("first fragment", "atomic fragment"):
-        assert by_name[name][:2] == (Verdict.DROP, Reason.ENCAP_LIMIT), name
-    for name in ("routing", "ah", "pad1", "after a broken header"):
+    assert by_name["error in a first fragment"][:2] == (Verdict.DROP, Reason.ENCAP_LIMIT)
+    for name in ("routing", "ah", "first fragment", "atomic fragment", "pad1",
+                 "after a broken header"):
         v, r, out = by_name[name]
         assert (name, v, r) == (name, Verdict.TO_HOME, Reason.ENCAP_LIMIT)
         pkt = pkts[list(cases).index(name)]

@@ -131,8 +131,9 @@ cdef inline int rr_rule_of(fp_sad *t, fp_sa *sa) noexcept nogil:
 
 cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
     """RFC 4443 §2.4 (e): no ICMPv6 error about an ICMPv6 error (found
-    behind hop-by-hop, routing and destination-options headers and a first
-    fragment's header too), nor to a source that names no single node (::,
+    behind hop-by-hop, routing and destination-options headers, a first
+    fragment's header and the routing and destination-options headers after
+    it too), nor to a source that names no single node (::,
     multicast). A chain that cannot be followed gets no error either. The
     reference: fastpath.ref.engine._no_error_about."""
     cdef int32_t off = 40, size, k
@@ -161,8 +162,19 @@ cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
             return False                    # a later fragment: its upper layer is not here
         nh = p[off]
         off += 8
-        if nh == 0 or nh == 43 or nh == 60:
-            return True                     # headers after a fragment header: not followed
+        k += 1
+        # a first fragment holds the rest of the chain (RFC 7112)
+        if nh == 0:
+            return True                     # hop-by-hop there: not a chain to follow
+        while nh == 43 or nh == 60:
+            if k == 8 or off + 2 > n:
+                return True
+            size = (p[off + 1] + 1) * 8
+            if off + size > n:
+                return True
+            nh = p[off]
+            off += size
+            k += 1
     if nh != 58:
         return False
     return off >= n or p[off] < 128

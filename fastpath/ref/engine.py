@@ -449,8 +449,19 @@ def _no_error_about(pkt: bytes) -> bool:
         if int.from_bytes(pkt[off + 2:off + 4], "big") & 0xFFF8:
             return False                 # a later fragment: its upper layer is not here
         nh, off = pkt[off], off + 8
-        if nh in (ipv6.NH_HOPOPTS, ipv6.NH_ROUTING, ipv6.NH_DSTOPTS):
-            return True                  # headers after a fragment header: not followed
+        # a first fragment holds the rest of the chain (RFC 7112); the walk
+        # above counted its headers against the limit of 8, and the fragment
+        # header is one more
+        count = chain.count + 1
+        if nh == ipv6.NH_HOPOPTS:
+            return True                  # hop-by-hop there: not a chain to follow
+        while nh in (ipv6.NH_ROUTING, ipv6.NH_DSTOPTS):
+            if count == ipv6.MAX_EXT_HEADERS or off + 2 > len(pkt):
+                return True
+            size = (pkt[off + 1] + 1) * 8
+            if off + size > len(pkt):
+                return True
+            nh, off, count = pkt[off], off + size, count + 1
     if nh != ipv6.NH_ICMPV6:
         return False
     return off >= len(pkt) or pkt[off] < 128
