@@ -138,6 +138,7 @@ cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
     reference: fastpath.ref.engine._no_error_about."""
     cdef int32_t off = 40, size, k
     cdef uint8_t nh = p[6]
+    cdef bint frag = False
     if p[8] == 0xFF:
         return True
     for k in range(16):
@@ -145,36 +146,29 @@ cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
             break
     else:
         return True
+    # Hop-by-hop, routing and destination-options headers, and one fragment
+    # header of offset 0: a first fragment holds the rest of the chain (RFC
+    # 7112). Every one of them is at least 8 bytes.
     k = 0
-    while nh == 0 or nh == 43 or nh == 60:
-        if k == 8 or off + 2 > n:           # 8: the engine's limit on extension headers
+    while nh == 0 or nh == 43 or nh == 60 or nh == 44:
+        if k >= 8 or off + 8 > n:           # 8: the engine's limit on extension headers
             return True
-        size = (p[off + 1] + 1) * 8
-        if off + size > n:
-            return True
-        nh = p[off]
-        off += size
-        k += 1
-    if nh == 44:
-        if off + 8 > n:
-            return True
-        if ((p[off + 2] << 8) | p[off + 3]) & 0xFFF8:
-            return False                    # a later fragment: its upper layer is not here
-        nh = p[off]
-        off += 8
-        k += 1
-        # a first fragment holds the rest of the chain (RFC 7112)
-        if nh == 0:
-            return True                     # hop-by-hop there: not a chain to follow
-        while nh == 43 or nh == 60:
-            if k == 8 or off + 2 > n:
-                return True
+        if nh == 0 and frag:
+            return True                     # hop-by-hop after it: not a chain to follow
+        if nh == 44:
+            if frag:
+                break
+            if ((p[off + 2] << 8) | p[off + 3]) & 0xFFF8:
+                return False                # a later fragment: its upper layer is not here
+            frag = True
+            size = 8
+        else:
             size = (p[off + 1] + 1) * 8
             if off + size > n:
                 return True
-            nh = p[off]
-            off += size
-            k += 1
+        nh = p[off]
+        off += size
+        k += 1
     if nh != 58:
         return False
     return off >= n or p[off] < 128

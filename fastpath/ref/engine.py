@@ -438,30 +438,25 @@ def _no_error_about(pkt: bytes) -> bool:
     src = pkt[8:24]
     if src[0] == 0xFF or src == bytes(16):
         return True
-    try:
-        chain = ipv6.walk_chain(pkt, options=False)
-    except ChainError:
-        return True
-    nh, off = chain.next_header, chain.offset
-    if nh == ipv6.NH_FRAGMENT:
-        if off + 8 > len(pkt):
+    # hop-by-hop, routing and destination options, and one fragment header
+    # of offset 0: a first fragment holds the rest of the chain (RFC 7112)
+    nh, off, count, frag = pkt[6], ipv6.HEADER_LEN, 0, False
+    while nh in (ipv6.NH_HOPOPTS, ipv6.NH_ROUTING, ipv6.NH_DSTOPTS, ipv6.NH_FRAGMENT):
+        if count >= ipv6.MAX_EXT_HEADERS or off + 8 > len(pkt):
             return True
-        if int.from_bytes(pkt[off + 2:off + 4], "big") & 0xFFF8:
-            return False                 # a later fragment: its upper layer is not here
-        nh, off = pkt[off], off + 8
-        # a first fragment holds the rest of the chain (RFC 7112); the walk
-        # above counted its headers against the limit of 8, and the fragment
-        # header is one more
-        count = chain.count + 1
-        if nh == ipv6.NH_HOPOPTS:
-            return True                  # hop-by-hop there: not a chain to follow
-        while nh in (ipv6.NH_ROUTING, ipv6.NH_DSTOPTS):
-            if count == ipv6.MAX_EXT_HEADERS or off + 2 > len(pkt):
-                return True
+        if nh == ipv6.NH_HOPOPTS and frag:
+            return True                  # hop-by-hop after it: not a chain to follow
+        if nh == ipv6.NH_FRAGMENT:
+            if frag:
+                break
+            if int.from_bytes(pkt[off + 2:off + 4], "big") & 0xFFF8:
+                return False             # a later fragment: its upper layer is not here
+            frag, size = True, 8
+        else:
             size = (pkt[off + 1] + 1) * 8
             if off + size > len(pkt):
                 return True
-            nh, off, count = pkt[off], off + size, count + 1
+        nh, off, count = pkt[off], off + size, count + 1
     if nh != ipv6.NH_ICMPV6:
         return False
     return off >= len(pkt) or pkt[off] < 128

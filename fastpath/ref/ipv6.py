@@ -141,7 +141,6 @@ class Chain(NamedTuple):
     offset: int         # where that header (the upper layer) starts
     hoa: bytes | None   # from a Home Address option, if one was seen
     nh_field: int       # offset of the byte holding next_header (6 or an ext header's first byte)
-    count: int = 0      # extension headers skipped
 
 
 def walk_chain(pkt: bytes, start: int = 0, *, options: bool = True,
@@ -189,7 +188,7 @@ def walk_chain(pkt: bytes, start: int = 0, *, options: bool = True,
         nh_field = off
         nh = pkt[off]
         off += size
-    return Chain(nh, off, hoa, nh_field, count)
+    return Chain(nh, off, hoa, nh_field)
 
 
 def _check_strict(pkt: bytes, off: int, size: int, nh: int, count: int) -> None:
