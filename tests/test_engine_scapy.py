@@ -483,6 +483,31 @@ def test_the_tunnel_encapsulation_limit_is_found_left_to_right(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_zero_limit_leaves_the_encap_fast_path(backend):
+    """The encap fast path (a run of packets to one node with a payload SA
+    and no return-routability SA) must not let a Tunnel Encapsulation Limit
+    of 0 through: amid ordinary packets to the same node, it is refused with
+    a Parameter Problem, and a limit of 1 enters the ESP tunnel. Both
+    engines agree byte for byte."""
+    from scapy.layers.inet6 import HBHOptUnknown, ICMPv6EchoReply, ICMPv6ParamProblem, IPv6ExtHdrDestOpt
+
+    from topo import MN3, addr
+    topo = make_topo("aes128gcm16", False, backend, mn3_coa=addr("2001:db8:6::30"))
+
+    def limited(limit):
+        return bytes(IPv6(src=ntop(CN), dst=ntop(MN3))
+                     / IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=4, optdata=bytes([limit]))])
+                     / IPv6(src=ntop(CN), dst=ntop(MN3)) / ICMPv6EchoReply())
+    pkts = [inner(CN, MN3, 100), inner(CN, MN3, 120), limited(0), inner(CN, MN3, 140),
+            limited(1), inner(CN, MN3, 160)]
+    got, want = topo.run("encap", pkts)
+    assert got == want
+    assert [(v, r) for v, r, _ in got] == [(Verdict.TO_WIRE, Reason.NONE)] * 2 + [
+        (Verdict.TO_HOME, Reason.ENCAP_LIMIT)] + [(Verdict.TO_WIRE, Reason.NONE)] * 3
+    assert IPv6(got[2][2])[ICMPv6ParamProblem].ptr == 44
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_plain_tunnel_notes_fragment_below_a_lowered_path_mtu(backend):
     """A plain IPv6-in-IPv6 packet of at most 1280 bytes over a path MTU a
     Packet Too Big lowered leaves with the note FRAGMENT, as ESP ones do (the

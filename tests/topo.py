@@ -81,12 +81,14 @@ class Topo:
 
 
 def make_topo(alg="aes128-sha1", esn=False, backend="openssl", window=64, seed=1,
-              mtu=1500) -> Topo:
+              mtu=1500, mn3_coa=None) -> Topo:
+    """mn3_coa: bind MN3 too (then it is the one node with a payload SA and no
+    return-routability SA: its traffic takes the engine's encap fast path)."""
     rnd = random.Random(seed)
     sad = SADatabase(HA, mtu, sa_capacity=16, mn_capacity=8, ipsecmb=(backend == "ipsecmb"))
     ref = RefEngine(HA, mtu)
     keys = {}
-    for hoa, coa in ((MN1, COA1), (MN2, COA2), (MN3, None)):
+    for hoa, coa in ((MN1, COA1), (MN2, COA2), (MN3, mn3_coa)):
         sad.add_mobile_node(hoa, coa)
         ref.add_mobile_node(hoa, coa)
     for (hoa, purpose, d), spi in SPI.items():
