@@ -26,6 +26,7 @@ from fastpath import metrics, prefix
 from fastpath.binding import (BindingCache, build_ba_packet, build_binding_error_packet,
                               unknown_binding_error)
 from fastpath.reassembly import Reassembler, fragment_header_offset
+from fastpath.ref.ipv6 import reply_problem
 from fastpath.verdicts import Reason, Verdict
 
 log = logging.getLogger("fastpath.control")
@@ -40,7 +41,7 @@ REASSEMBLY_CHECK_S = 1.0  # how often stale fragments are dropped (they wait 60 
 DROP_LOG_S = 10.0         # how often new drops are summed up in the log
 PMTU_HOLD_S = 10.0        # a CoA's path MTU is lowered at most this often
 PMTU_AGE_S = 600.0        # ... and goes back to the configured MTU after this (RFC 8201 §4)
-BINDING_ERRORS_PER_S = 10.0   # Binding Errors sent, at most (RFC 6275 §9.3.3 rate limit)
+BINDING_ERRORS_PER_S = 10.0   # Binding Errors sent, at most, per bucket (RFC 6275 §9.3.3 rate limit)
 MAX_REASSEMBLED = 40 + 65535   # the largest packet reassembly can produce
 CTL_COMMANDS = ("status", "bindings", "sas", "counters")
 
@@ -198,7 +199,7 @@ class ControlPlane:
         self.listeners = listeners or Listeners(control_socket, metrics_addr)
         self.events = Counter()
         self.started = time.time()
-        self._be_tokens, self._be_last = BINDING_ERRORS_PER_S, 0.0   # token bucket
+        self._be_buckets: dict = {}       # Binding Error token buckets: _binding_error_token
         self.stop_event: asyncio.Event | None = None
         self.bindings = None
         self.registration = None          # mobile-node role: our home registration
@@ -509,7 +510,7 @@ class ControlPlane:
         if error.kind != "binding_error":
             self.events["binding.param_problem_not_sent"] += 1
             return
-        if self._binding_error_token():
+        if self._binding_error_token(error.destination, "authenticated"):
             self._write_binding_error(error)
 
     def _unbound_hao(self, pkt: bytes) -> None:
@@ -519,7 +520,7 @@ class ControlPlane:
         token is taken first: finding the option again walks every option
         byte in Python, which only the rate-limited few may cost."""
         self.events["hao.unknown_binding"] += 1
-        if not self._binding_error_token():
+        if not self._binding_error_token(pkt[8:24], "unauthenticated"):
             return
         error = unknown_binding_error(pkt)
         if error is None:
@@ -527,17 +528,24 @@ class ControlPlane:
             return
         self._write_binding_error(error)
 
-    def _binding_error_token(self) -> bool:
-        """One Binding Error may go now (§9.3.3: rate-limited; one bucket for
-        every kind); counts it when not."""
+    def _binding_error_token(self, destination: bytes, bucket: str) -> bool:
+        """One Binding Error to `destination` may go now; counts why when
+        not. No token is spent on a destination that is not to be answered
+        (§9.3.3: not a unicast address). Rate-limited (§9.3.3) in two
+        buckets of BINDING_ERRORS_PER_S: answers to authenticated messages
+        and to unauthenticated packets, so that forged packets cannot use
+        up the errors owed to real mobile nodes."""
+        if reply_problem(destination, self.fwd.cfg.home_agent.address.packed) is not None:
+            self.events["binding.error_bad_source"] += 1
+            return False
         now = time.monotonic()
-        self._be_tokens = min(BINDING_ERRORS_PER_S,
-                              self._be_tokens + (now - self._be_last) * BINDING_ERRORS_PER_S)
-        self._be_last = now
-        if self._be_tokens < 1.0:
+        tokens, last = self._be_buckets.get(bucket, (BINDING_ERRORS_PER_S, now))
+        tokens = min(BINDING_ERRORS_PER_S, tokens + (now - last) * BINDING_ERRORS_PER_S)
+        if tokens < 1.0:
+            self._be_buckets[bucket] = (tokens, now)
             self.events["binding.error_rate_limited"] += 1
             return False
-        self._be_tokens -= 1.0
+        self._be_buckets[bucket] = (tokens - 1.0, now)
         return True
 
     def _write_binding_error(self, error) -> None:

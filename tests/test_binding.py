@@ -623,8 +623,7 @@ def _control_plane(h, wire_fd, monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(control, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     fwd = SimpleNamespace(cfg=h.cfg, wire_fd=wire_fd)
-    cp = SimpleNamespace(fwd=fwd, events=Counter(), bindings=h.cache,
-                         _be_tokens=control.BINDING_ERRORS_PER_S, _be_last=clock[0])
+    cp = SimpleNamespace(fwd=fwd, events=Counter(), bindings=h.cache, _be_buckets={})
     for name in ("_write", "_send_error", "_binding_error_token", "_write_binding_error",
                  "_unbound_hao", "_finish_decisions"):
         setattr(cp, name, MethodType(getattr(control.ControlPlane, name), cp))

@@ -16,7 +16,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, frag
 from scapy.packet import Raw, raw
 
 from fastpath import metrics
-from fastpath.control import BINDING_ERRORS_PER_S, MAX_REASSEMBLED, ControlPlane
+from fastpath.control import MAX_REASSEMBLED, ControlPlane
 from fastpath.core.batch import Batch
 from fastpath.core.engine import Engine
 from fastpath.reassembly import Reassembler
@@ -142,7 +142,7 @@ def control_plane(topo, vnet: bool):
     cp = object.__new__(ControlPlane)
     cp.fwd = fwd
     cp.events = Counter()
-    cp._be_tokens, cp._be_last = BINDING_ERRORS_PER_S, 0.0
+    cp._be_buckets = {}
     cp.bindings = None
     cp.registration = None
     cp.reassembler = Reassembler()
@@ -303,3 +303,49 @@ def test_drain_answers_bindings_first_and_bounds_punt_cpu(monkeypatch):
     done = [x for k, x in order if k == "punt"]
     assert done == [b"p%d" % k for k in range(len(done))]     # in arrival order
     assert 3 <= len(done) <= 5 and cp.events["punt.shed"] == 20 - len(done)
+
+
+def test_unbound_home_address_options_get_binding_errors_from_every_path(monkeypatch):
+    """RFC 6275 §9.3.1 through the control thread: a packet whose Home
+    Address option names no binding - handed over by a worker as
+    "unbound_hao", or found so once its fragments are reassembled - is
+    answered with a Binding Error (status 1, scapy dissects it) on the wire
+    TUN. These answers have their own bucket, and while it is empty the
+    option is not even looked for again (no walk of its bytes)."""
+    from scapy.layers.inet6 import HAO, ICMPv6EchoRequest, MIP6MH_BE
+
+    import fastpath.control as control
+    from fastpath.ref.ipv6 import hao_destopt
+    monkeypatch.setattr(control, "time", SimpleNamespace(monotonic=lambda: 100.0,
+                                                         perf_counter=time.perf_counter))
+    topo = make_topo()
+    cp, _home = control_plane(topo, False)
+    cp._punt_window, cp._punt_spent = 0.0, 0.0
+    cp._finish_decisions = lambda decisions: None
+    wire = cp.fwd.wire_read_end
+    os.set_blocking(wire, False)
+    echo = bytes(IPv6(src=ntop(COA2), dst=ntop(HA))
+                 / IPv6ExtHdrDestOpt(options=[HAO(hoa=ntop(MN1))]) / ICMPv6EchoRequest())
+    worker = SimpleNamespace(punts=SimpleNamespace(drain=lambda sad: [("unbound_hao", echo)]))
+    cp._drain(worker)
+    big = outer(COA2, HA, 60, hao_destopt(MN1, 58) + bytes([128, 0, 0, 0]) + bytes(1500))
+    for f in fragment(big):                # the HAO stays before the Fragment header
+        cp._punt(f, [])
+    data = os.read(wire, 4096)             # a pipe: the two packets come as one read
+    assert len(data) == 2 * (40 + 24)
+    sent = [data[:64], data[64:]]
+    assert cp.events["hao.unknown_binding"] == 2 and cp.events["binding.error_sent"] == 2
+    for raw_be in sent:
+        p = IPv6(raw_be)
+        assert (p.src, p.dst, p[MIP6MH_BE].status, p[MIP6MH_BE].ha) == (
+            ntop(HA), ntop(COA2), 1, ntop(MN1))
+    # the unauthenticated bucket empty: counted, the option not looked for
+    walks = []
+    real = control.unknown_binding_error
+    monkeypatch.setattr(control, "unknown_binding_error", lambda pkt: walks.append(1) or real(pkt))
+    for _ in range(int(control.BINDING_ERRORS_PER_S) + 5):
+        cp._unbound_hao(echo)
+    assert len(walks) == int(control.BINDING_ERRORS_PER_S) - 2
+    assert cp.events["binding.error_rate_limited"] >= 5
+    # ... while the authenticated one still has its tokens
+    assert cp._binding_error_token(COA1, "authenticated")
