@@ -340,6 +340,19 @@ class BindingCache:
         d = Decision(action=DISCARDED, home_address=hoa, destination=source,
                      ha_address=self.ha_address)
 
+        # RFC 6275 §9.3.1, before §9.2 (destination options come first): only
+        # a Binding Update is exempt from the Home Address option check (the
+        # engine checks every other SA's packets itself)
+        if len(vb.packet) < vb.mh_offset + 3 or \
+                vb.packet[vb.mh_offset + 2] != mh.MHType.BINDING_UPDATE:
+            option = _hao(vb.packet)
+            if option is not None and self.sad.care_of_address(option) != source:
+                self._counters["unknown_binding"] += 1
+                d.action = IGNORED
+                d.reason = "Home Address option without a binding (RFC 6275 §9.3.1)"
+                d.error = unknown_binding_error(vb.packet)
+                return d
+
         # RFC 6275 §9.2: a Mobility Header we cannot process
         try:
             msg = vb.message()          # parsed once, shared with SADatabase.move
@@ -602,11 +615,14 @@ class BindingCache:
         decided status, stale (135), registrations, rebinds (moves of a bound
         node), refreshes, moves (SA endpoint changes), deregistrations,
         expiries, malformed and malformed_by_action, not_home_registration,
-        unprotected, not_binding_update, ba_released, ba_suppressed
-        (accepted, A clear), grace_timeouts, callback_errors."""
+        unprotected, not_binding_update, unknown_binding (a message other
+        than a BU whose Home Address option names no binding to its source,
+        RFC 6275 §9.3.1), ba_released, ba_suppressed (accepted, A clear),
+        grace_timeouts, callback_errors."""
         keys = ("bu_received", "bu_accepted", "bu_rejected", "stale", "registrations",
                 "rebinds", "refreshes", "moves", "deregistrations", "expiries", "malformed",
-                "not_home_registration", "unprotected", "not_binding_update", "ba_released",
+                "not_home_registration", "unprotected", "not_binding_update", "unknown_binding",
+                "ba_released",
                 "ba_suppressed", "grace_timeouts", "callback_errors")
         out = {k: self._counters[k] for k in keys}
         out["by_status"] = dict(sorted(self._by_status.items()))

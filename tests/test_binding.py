@@ -568,10 +568,12 @@ def test_hostile_bus_never_reach_the_cache(backend):
 
 # ---------------------------------------------------------------- malformed and other MH
 
-def raw_mh(h, i, body: bytes, src=NEW) -> bytes:
-    """A Mobility Header from raw bytes, checksummed HoA -> HA, sealed as a BU."""
+def raw_mh(h, i, body: bytes, src=None) -> bytes:
+    """A Mobility Header from raw bytes, checksummed HoA -> HA, sealed as a BU,
+    from `src` (default: the node's registered care-of address)."""
     cks = mh.checksum(body, h.hoa(i), h.ha)
     body = body[:4] + cks.to_bytes(2, "big") + body[6:]
+    src = src or ntop(h.coa(i))
     pkt = IPv6(bytes(IPv6(src=src, dst=ntop(h.ha))
                      / IPv6ExtHdrDestOpt(nh=135, options=[HAO(hoa=ntop(h.hoa(i)))])
                      / Raw(body)))
@@ -598,18 +600,26 @@ def test_malformed_and_other_mobility_headers(backend):
     d = h.cache.process(vb, 0.0)
     assert (d.action, d.ba, d.error.kind, d.error.code) == ("malformed", None, "param_problem", 0)
     assert d.error.pointer == vb.mh_offset and vb.packet[d.error.pointer] == 6
-    assert d.error.destination == ip(NEW)
+    assert d.error.destination == h.coa(0)
     # unknown MH type: Binding Error status 2 naming the home address
     unk = good[:2] + bytes([200]) + good[3:]
     d = h.send(raw_mh(h, 0, unk))
     assert (d.error.kind, d.error.status, d.error.home_address) == \
         ("binding_error", 2, h.hoa(0))
-    # a Mobility Header that is not a BU (here a Binding Refresh Request) is ignored
+    # ... but status 1 from a care-of address the home address is not bound
+    # to (RFC 6275 §9.3.1: only a BU is exempt; destination options first)
+    d = h.send(raw_mh(h, 0, unk, src=NEW))
+    assert (d.action, d.error.kind, d.error.status, d.error.home_address,
+            d.error.destination) == ("ignored", "binding_error", 1, h.hoa(0), ip(NEW))
+    # a Mobility Header that is not a BU (here a Binding Refresh Request) is
+    # ignored; from elsewhere than the registered CoA it gets status 1 too
+    d = h.send(h.bu(0, 0, src=ntop(static), mh_layer=MIP6MH_BRR()))
+    assert (d.action, d.ba, d.error) == ("ignored", None, None)
     d = h.send(h.bu(0, 0, mh_layer=MIP6MH_BRR()))
-    assert (d.action, d.ba) == ("ignored", None)
+    assert (d.action, d.ba, d.error.status) == ("ignored", None, 1)
     assert h.coa(0) == static
     c = h.cache.counters()
-    assert c["malformed"] == 3 and c["not_binding_update"] == 1
+    assert c["malformed"] == 3 and c["not_binding_update"] == 1 and c["unknown_binding"] == 2
     assert c["malformed_by_action"] == {"discard": 1, "param_problem": 1, "binding_error": 1}
 
 
@@ -681,7 +691,7 @@ def test_binding_errors_go_out_rate_limited_and_parameter_problems_do_not(backen
         them.close()
     for raw in sent:
         p = IPv6(raw)
-        assert (p.src, p.dst, p.nh, p.plen) == (ntop(h.ha), NEW, 135, 24)
+        assert (p.src, p.dst, p.nh, p.plen) == (ntop(h.ha), ntop(h.coa(0)), 135, 24)
         be = p[MIP6MH_BE]
         assert (be.nh, be.len, be.mhtype, be.status, be.ha) == (59, 2, 7, 2, ntop(h.hoa(0)))
         again = IPv6(raw)
@@ -769,7 +779,7 @@ def test_replay_writes_binding_errors_in_place(backend, tmp_path):
     res, sad = replay(h.cfg, inp, out, backend)
     got = [(ts, IPv6(pkt)) for ts, pkt in pcap.read_packets(out)]
     assert [(ts, p.src, p.dst, p[MIP6MH_BE].status, p[MIP6MH_BE].ha) for ts, p in got] == [
-        (1.0, ntop(h.ha), NEW, 2, hoa), (2.0, ntop(h.ha), NEW2, 1, hoa)]
+        (1.0, ntop(h.ha), ntop(h.coa(0)), 2, hoa), (2.0, ntop(h.ha), NEW2, 1, hoa)]
     assert (res.binding_errors, res.binding_errors_not_sent,
             res.unbound_home_address_options) == (2, 1, 1)
     assert ("binding errors written: 2 (malformed Mobility Headers, Home Address options "
