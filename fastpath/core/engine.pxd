@@ -112,7 +112,7 @@ cdef class Engine:
     cdef void _icmp_error(self, Batch b, int i, uint8_t *p, int32_t n, int32_t s, int reason,
                           uint8_t kind, uint32_t word) noexcept nogil
     cdef void _plain_out(self, Batch b, int i, uint8_t *p, int32_t n,
-                         fp_out_state *st) noexcept nogil
+                         fp_out_state *st, int32_t tel) noexcept nogil
     cdef void _encap(self, Batch b) noexcept nogil
     cdef void _classify_out(self, Batch b, fp_out_state *st) noexcept nogil
     cdef void _classify_one(self, Batch b, int i, uint8_t *p, int32_t n,

@@ -658,7 +658,7 @@ cdef class Engine:
         cdef fp_sad *t = self.t
         cdef bint ha = t.role == ROLE_HA
         cdef const uint8_t *a = p + (24 if ha else 8)
-        cdef int32_t m, s, r, mtu
+        cdef int32_t m, s, r, mtu, tel
         cdef fp_keys *kk
         cdef fp_mn *mn
         cdef fp_job *j
@@ -708,17 +708,19 @@ cdef class Engine:
                     st.runs[st.run].want = 0
                     st.nruns += 1
         st.fast = st.rr < 0 and s >= 0 and st.run >= 0
-        if s < 0:
-            self._plain_out(b, i, p, n, st)
-            return
         # RFC 2473 §4.1.1: a packet whose Tunnel Encapsulation Limit is 0
-        # may not enter another tunnel, ESP's included. (A limit above 0 is
-        # not carried: ESP tunnel mode keeps RFC 3776 §3.4's outer header.)
+        # may not enter another tunnel, ours of either kind. (A limit above 0
+        # goes on in a plain tunnel's header; ESP tunnel mode keeps RFC 3776
+        # §3.4's outer header and carries none.)
+        tel = -1
         if tel_chain(p[6]):
-            r = tel_offset(p, n)
-            if r >= 0 and p[r] == 0:
-                self._icmp_error(b, i, p, n, s, R_ENCAP_LIMIT, 4, <uint32_t>r)
+            tel = tel_offset(p, n)
+            if tel >= 0 and p[tel] == 0:
+                self._icmp_error(b, i, p, n, s, R_ENCAP_LIMIT, 4, <uint32_t>tel)
                 return
+        if s < 0:
+            self._plain_out(b, i, p, n, st, tel)
+            return
         # A packet of up to 1280 bytes is tunnelled even when it does not fit:
         # its outer packet leaves fragmented (RFC 2473 §7.1; the worker
         # fragments).
@@ -743,25 +745,19 @@ cdef class Engine:
             st.runs[st.run].want += 1
 
     cdef void _plain_out(self, Batch b, int i, uint8_t *p, int32_t n,
-                         fp_out_state *st) noexcept nogil:
+                         fp_out_state *st, int32_t tel) noexcept nogil:
         """Plain IPv6-in-IPv6 (RFC 2473) for a mobile node without a payload
-        SA. A packet that already carries a Tunnel Encapsulation Limit (it
-        is inside another tunnel, whose header carries it) gets it, one
-        lower, in a destination-options header of ours (8 bytes more); at 0
-        it may not enter another tunnel: Parameter Problem pointing at the
-        limit (RFC 2473 §4.1.1, §5.1)."""
+        SA. A packet that carries a Tunnel Encapsulation Limit (at offset
+        `tel`, above 0: _classify_one refused 0; -1: none) - it is inside
+        another tunnel, whose header carries it - gets it, one lower, in a
+        destination-options header of ours (8 bytes more; RFC 2473 §5.1)."""
         cdef fp_sad *t = self.t
-        cdef int32_t tel = -1, hl = 40, fit = st.fit
+        cdef int32_t hl = 40, fit = st.fit
         cdef bint frag = False
         cdef uint8_t *outer
-        if tel_chain(p[6]):
-            tel = tel_offset(p, n)
-            if tel >= 0:
-                if p[tel] == 0:
-                    self._icmp_error(b, i, p, n, -1, R_ENCAP_LIMIT, 4, <uint32_t>tel)
-                    return
-                hl = 48
-                fit -= 8
+        if tel >= 0:
+            hl = 48
+            fit -= 8
         if n > fit:                            # as for ESP in _classify_one
             if n > 1280:
                 self._too_big(b, i, p, n, -1, fit)
