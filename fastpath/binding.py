@@ -349,8 +349,8 @@ class BindingCache:
             if option is not None and self.sad.care_of_address(option) != source:
                 self._counters["unknown_binding"] += 1
                 d.action = IGNORED
-                d.reason = "Home Address option without a binding (RFC 6275 §9.3.1)"
-                d.error = unknown_binding_error(vb.packet)
+                d.error = _unknown_binding(source, option)
+                d.reason = d.error.problem
                 return d
 
         # RFC 6275 §9.2: a Mobility Header we cannot process
@@ -669,9 +669,11 @@ def unknown_binding_error(packet: bytes) -> ErrorReply | None:
     what the engine punts with the note NO_BINDING. None when the option
     cannot be found again (the engine found it: nothing sends that)."""
     hoa = _hao(packet)
-    if hoa is None:
-        return None
-    return ErrorReply("binding_error", bytes(packet[8:24]), hoa,
+    return None if hoa is None else _unknown_binding(bytes(packet[8:24]), hoa)
+
+
+def _unknown_binding(source: bytes, hoa: bytes) -> ErrorReply:
+    return ErrorReply("binding_error", source, hoa,
                       status=mh.BEStatus.UNKNOWN_BINDING_FOR_HOME_ADDRESS_DESTINATION_OPTION,
                       problem="Home Address option without a binding (RFC 6275 §9.3.1)")
 
