@@ -268,6 +268,46 @@ cdef int _frame_gcm_run(Batch b, fp_job *jobs, int k, int nj, fp_seq_run *rn, in
     return k
 
 
+cdef int _classify_esp_run(Batch b, int i, fp_job *j, int32_t s, fp_sa *sa,
+                           fp_sa_hot *hot, uint32_t spi) noexcept nogil:
+    """Engine._classify_in() for packets i, i+1, ... while each is the common
+    case - IPv6 then ESP on SA s (tunnel mode, no ESN, SPI `spi`), of a
+    possible length, not already seen - filling jobs from j; returns how
+    many it took. Its few variables stay in registers."""
+    cdef int32_t *c_off = b.c_off
+    cdef int32_t *c_len = b.c_len
+    cdef Py_ssize_t ss = b.slot_size
+    cdef int64_t lim = b.slot_size - TAILROOM
+    cdef fp_keys *kk = sa.keys
+    cdef int32_t ovh = 48 + kk.iv_len + kk.icv_len, hin = 48 + kk.iv_len
+    cdef int32_t amask = kk.align - 1
+    cdef int k = 0, count = b.count
+    cdef int32_t n, off, ct_len
+    cdef uint8_t *p
+    cdef uint64_t seq
+    while i < count:
+        off = c_off[i]
+        n = c_len[i]
+        p = b.c_data + i * ss + off
+        if not (ipv6_in_slot(p, off, n, lim) and p[6] == 50 and n >= 48
+                and fp_ld_be32(p + 40) == spi):
+            break
+        ct_len = n - ovh
+        seq = fp_ld_be32(p + 44)
+        if (ct_len < 2 or (ct_len & amask) != 0
+                or not replay_fresh(sa, fp_load_acq_u64(&hot.seq), seq)):
+            break
+        j.slot = i
+        j.sa = s                     # tunnel mode: no nh_pos, hoa
+        j.esp_off = 40               # (the outer header: ECN, see ecn_decap)
+        esp_frame_in(j, kk, p + 40, ct_len, seq, False)
+        c_off[i] = off + hin         # where the inner packet will start
+        i += 1
+        j += 1
+        k += 1
+    return k
+
+
 cdef class Engine:
     """One worker's engine over a shared SADatabase (attributes: engine.pxd).
 
@@ -1013,64 +1053,37 @@ cdef class Engine:
         self._finish_in(b, nj)
 
     cdef void _classify_in(self, Batch b, fp_in_state *st) noexcept nogil:
-        """Pass 1. The common packet - IPv6 then ESP, on the same SA as the
-        packet before, no ESN - takes a few compares; every other goes
-        through _classify_in_one()."""
-        cdef fp_job *jobs = self.jobs
+        """Pass 1. Every packet the fast loop does not take goes through
+        _classify_in_one(); after one that named a tunnel-mode SA without ESN,
+        the packets that follow on that SA go through _classify_esp_run()."""
         cdef int32_t *c_off = b.c_off
         cdef int32_t *c_len = b.c_len
-        cdef uint8_t *slot = b.c_data
         cdef Py_ssize_t ss = b.slot_size
         cdef int64_t lim = b.slot_size - TAILROOM
-        cdef int i, nj = st.nj
-        cdef int32_t n, off, ct_len
+        cdef int i = 0, nj = st.nj, count = b.count
+        cdef int32_t n, off, s
         cdef uint8_t *p
-        cdef fp_job *j
-        cdef uint64_t seq
-        # the fast path's SA, in registers (fast: an SA without ESN)
-        cdef bint fast = False
-        cdef uint32_t spi = 0
-        cdef int32_t s = -1, ovh = 0, amask = 0, hin = 0
-        cdef fp_sa *sa = NULL
-        cdef fp_keys *kk = NULL
-        cdef fp_sa_hot *hot = NULL
-        for i in range(b.count):
+        cdef fp_sa *sa
+        while i < count:
             # offsets/lengths are numpy arrays Python can write: never trust them.
             off = c_off[i]
             n = c_len[i]
-            p = slot + off
-            slot += ss
+            p = b.c_data + i * ss + off
             if not ipv6_in_slot(p, off, n, lim):
                 self._verdict(b, i, V_DROP, R_MALFORMED, -1)
+                i += 1
                 continue
-            if fast and p[6] == 50 and n >= 48 and fp_ld_be32(p + 40) == spi:
-                ct_len = n - ovh
-                seq = fp_ld_be32(p + 44)
-                if (ct_len >= 2 and (ct_len & amask) == 0
-                        and replay_fresh(sa, fp_load_acq_u64(&hot.seq), seq)):
-                    j = &jobs[nj]
-                    nj += 1
-                    j.slot = i
-                    j.sa = s                     # tunnel mode: no nh_pos, hoa
-                    j.esp_off = 40               # (the outer header: ECN, see ecn_decap)
-                    esp_frame_in(j, kk, p + 40, ct_len, seq, False)
-                    c_off[i] = off + hin         # where the inner packet will start
-                    continue
             st.nj = nj
             self._classify_in_one(b, i, p, n, st)
             nj = st.nj
+            i += 1
             s = st.s
             if s >= 0:
-                spi = st.spi
                 sa = &self.t.sas[s]
-                kk = sa.keys
-                hot = &self.t.hot[s]
-                fast = not sa.esn and sa.mode == MODE_TUNNEL
-                ovh = 48 + kk.iv_len + kk.icv_len
-                hin = 48 + kk.iv_len
-                amask = kk.align - 1
-            else:
-                fast = False
+                if not sa.esn and sa.mode == MODE_TUNNEL:
+                    n = _classify_esp_run(b, i, &self.jobs[nj], s, sa, &self.t.hot[s], st.spi)
+                    i += n
+                    nj += n
         st.nj = nj
 
     cdef void _classify_in_one(self, Batch b, int i, uint8_t *p, int32_t n,
