@@ -680,7 +680,10 @@ def _unknown_binding(source: bytes, hoa: bytes) -> ErrorReply:
 
 def _hao(packet: bytes) -> bytes | None:
     """The Home Address option's address in `packet`'s header chain, or None.
-    Walks every option: for error paths only (rate-limited by the caller)."""
+    Walks every option in Python: only for packets already rate-limited by
+    the caller, or authenticated messages on a binding SA that are not
+    Binding Updates (rare: the engine found the option equal to the SA's
+    home address, but not whether it was there at all)."""
     try:
         return walk_chain(bytes(packet)).hoa
     except (ChainError, IndexError):

@@ -42,6 +42,10 @@ DROP_LOG_S = 10.0         # how often new drops are summed up in the log
 PMTU_HOLD_S = 10.0        # a CoA's path MTU is lowered at most this often
 PMTU_AGE_S = 600.0        # ... and goes back to the configured MTU after this (RFC 8201 §4)
 BINDING_ERRORS_PER_S = 10.0   # Binding Errors sent, at most, per bucket (RFC 6275 §9.3.3 rate limit)
+# The Binding Error buckets: answers to authenticated messages, and to
+# unauthenticated packets (so forged packets cannot use up the first)
+BE_AUTHENTICATED = "authenticated"
+BE_UNAUTHENTICATED = "unauthenticated"
 MAX_REASSEMBLED = 40 + 65535   # the largest packet reassembly can produce
 CTL_COMMANDS = ("status", "bindings", "sas", "counters")
 
@@ -510,7 +514,7 @@ class ControlPlane:
         if error.kind != "binding_error":
             self.events["binding.param_problem_not_sent"] += 1
             return
-        if self._binding_error_token(error.destination, "authenticated"):
+        if self._binding_error_token(error.destination, BE_AUTHENTICATED):
             self._write_binding_error(error)
 
     def _unbound_hao(self, pkt: bytes) -> None:
@@ -520,7 +524,7 @@ class ControlPlane:
         token is taken first: finding the option again walks every option
         byte in Python, which only the rate-limited few may cost."""
         self.events["hao.unknown_binding"] += 1
-        if not self._binding_error_token(pkt[8:24], "unauthenticated"):
+        if not self._binding_error_token(pkt[8:24], BE_UNAUTHENTICATED):
             return
         error = unknown_binding_error(pkt)
         if error is None:
@@ -530,14 +534,13 @@ class ControlPlane:
 
     def _binding_error_token(self, destination: bytes, bucket: str) -> bool:
         """One Binding Error to `destination` may go now; counts why when
-        not. No token is spent on a destination that is not to be answered
-        (§9.3.3: not a unicast address). Rate-limited (§9.3.3) in two
-        buckets of BINDING_ERRORS_PER_S: answers to authenticated messages
-        and to unauthenticated packets, so that forged packets cannot use
-        up the errors owed to real mobile nodes."""
-        if reply_problem(destination, self.fwd.cfg.home_agent.address.packed) is not None:
-            self.events["binding.error_bad_source"] += 1
-            return False
+        not. Rate-limited (§9.3.3) in two buckets of BINDING_ERRORS_PER_S,
+        BE_AUTHENTICATED and BE_UNAUTHENTICATED. The bucket is looked at
+        first (while it is empty nothing else is done); then no token is
+        spent on a destination that is not to be answered (§9.3.3: not a
+        unicast address)."""
+        if bucket not in (BE_AUTHENTICATED, BE_UNAUTHENTICATED):
+            raise ValueError(f"no Binding Error bucket {bucket!r}")
         now = time.monotonic()
         tokens, last = self._be_buckets.get(bucket, (BINDING_ERRORS_PER_S, now))
         tokens = min(BINDING_ERRORS_PER_S, tokens + (now - last) * BINDING_ERRORS_PER_S)
@@ -545,13 +548,17 @@ class ControlPlane:
             self._be_buckets[bucket] = (tokens, now)
             self.events["binding.error_rate_limited"] += 1
             return False
+        if reply_problem(destination, self.fwd.cfg.home_agent.address.packed) is not None:
+            self._be_buckets[bucket] = (tokens, now)
+            self.events["binding.error_bad_source"] += 1
+            return False
         self._be_buckets[bucket] = (tokens - 1.0, now)
         return True
 
     def _write_binding_error(self, error) -> None:
         pkt = build_binding_error_packet(self.fwd.cfg.home_agent.address.packed, error)
-        if pkt is None:
-            self.events["binding.error_bad_source"] += 1    # not a unicast address to answer
+        if pkt is None:     # (not a unicast address: _binding_error_token refused it already)
+            self.events["binding.error_bad_source"] += 1
             return
         self._write(self.fwd.wire_fd, pkt, "binding.error_sent", "binding.error_write_error",
                     "Binding Error not sent")

@@ -650,6 +650,66 @@ def _received(sock, n):
     raise AssertionError(f"more than {n} packets written: {extra!r}")
 
 
+def test_binding_errors_to_unanswerable_sources_spend_no_token(backend, monkeypatch):
+    """RFC 6275 §9.3.3: a source that is not a unicast address gets no
+    Binding Error, and costs no token. On a clock that does not move, a
+    bucket's worth of refusals in each bucket (authenticated messages,
+    unauthenticated packets) leaves both buckets full."""
+    import socket
+
+    from scapy.layers.inet6 import ICMPv6EchoRequest, MIP6MH_BE
+
+    from fastpath import control
+    h = Home(backend)
+    good = mh.build(mh.BindingUpdate(5, 100, ack=True, home=True), h.hoa(0), h.ha)
+    unk = good[:2] + bytes([200]) + good[3:]
+    n = int(control.BINDING_ERRORS_PER_S)
+
+    def echo(src):                        # an unbound Home Address option
+        return bytes(IPv6(src=src, dst=ntop(h.ha))
+                     / IPv6ExtHdrDestOpt(options=[HAO(hoa=ntop(h.hoa(1)))]) / ICMPv6EchoRequest())
+
+    us, them = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        cp, clock = _control_plane(h, us.fileno(), monkeypatch)
+        for src in ("ff02::1", "::", ntop(h.ha)) * n:
+            cp._finish_decisions([h.send(raw_mh(h, 0, unk, src=src))])
+            cp._unbound_hao(echo(src))
+        _received(them, 0)
+        assert cp.events["binding.error_bad_source"] == 6 * n
+        assert cp.events["binding.error_rate_limited"] == 0
+        for _ in range(n):
+            cp._finish_decisions([h.send(raw_mh(h, 0, unk))])
+            cp._unbound_hao(echo(NEW))
+        sent = [IPv6(p) for p in _received(them, 2 * n)]
+        assert sorted(p[MIP6MH_BE].status for p in sent) == [1] * n + [2] * n
+        assert cp.events["binding.error_rate_limited"] == 0
+        with pytest.raises(ValueError):
+            cp._binding_error_token(h.coa(0), "authenticated ")   # no third bucket
+    finally:
+        us.close()
+        them.close()
+
+
+def test_binding_error_bucket_refills_by_time_elapsed(monkeypatch):
+    """A refused token request still moves the bucket's clock: refills add
+    up to the time elapsed, never more (a refusal that kept the old time
+    would refill the same interval twice)."""
+    from fastpath import control
+    h = Home("openssl")
+    cp, clock = _control_plane(h, -1, monkeypatch)
+    rate = control.BINDING_ERRORS_PER_S
+    take = lambda: cp._binding_error_token(h.coa(0), control.BE_AUTHENTICATED)   # noqa: E731
+    assert [take() for _ in range(int(rate) + 1)] == [True] * int(rate) + [False]
+    clock[0] += 0.6 / rate               # 0.6 of a token
+    assert not take()
+    clock[0] += 0.3 / rate               # 0.9
+    assert not take()
+    clock[0] += 0.3 / rate               # 1.2
+    assert take() and not take()
+    assert cp.events["binding.error_rate_limited"] == 4
+
+
 def test_binding_errors_go_out_rate_limited_and_parameter_problems_do_not(backend, monkeypatch):
     """RFC 6275 §9.2, §9.3.3 through the control thread: an authenticated
     Mobility Header of an unknown type is answered with a Binding Error
@@ -658,7 +718,8 @@ def test_binding_errors_go_out_rate_limited_and_parameter_problems_do_not(backen
     BINDING_ERRORS_PER_S of them at once, then one per 1/BINDING_ERRORS_PER_S
     s; the Parameter Problem for a bad Payload Proto is not sent (it would
     carry the decrypted message); nor is a Binding Error to a source that is
-    not a unicast address."""
+    not a unicast address (from there the message gets status 1 first - its
+    HAO names no binding to that source - and that is not sent either)."""
     import socket
 
     from scapy.layers.inet6 import MIP6MH_BE
