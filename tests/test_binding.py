@@ -710,6 +710,23 @@ def test_binding_error_bucket_refills_by_time_elapsed(monkeypatch):
     assert cp.events["binding.error_rate_limited"] == 4
 
 
+def test_empty_binding_error_bucket_is_looked_at_first(monkeypatch):
+    """While a bucket is empty nothing else is done: not even the source
+    address is examined (counted as rate-limited, not as a bad source)."""
+    from fastpath import control
+    h = Home("openssl")
+    cp, _clock = _control_plane(h, -1, monkeypatch)
+    for _ in range(int(control.BINDING_ERRORS_PER_S)):
+        assert cp._binding_error_token(h.coa(0), control.BE_AUTHENTICATED)
+    looked = []
+    real = control.reply_problem
+    monkeypatch.setattr(control, "reply_problem", lambda *a: looked.append(a) or real(*a))
+    assert not cp._binding_error_token(ipaddress.IPv6Address("ff02::1").packed,
+                                       control.BE_AUTHENTICATED)
+    assert looked == []
+    assert (cp.events["binding.error_rate_limited"], cp.events["binding.error_bad_source"]) == (1, 0)
+
+
 def test_binding_errors_go_out_rate_limited_and_parameter_problems_do_not(backend, monkeypatch):
     """RFC 6275 §9.2, §9.3.3 through the control thread: an authenticated
     Mobility Header of an unknown type is answered with a Binding Error

@@ -734,6 +734,25 @@ def test_seq_exhausted_with_limit(alg, backend):
 
 
 @backends
+def test_gcm_run_after_a_dropped_packet(backend):
+    """A packet dropped while framing (its SA's numbers ran out) leaves a gap
+    the next jobs are moved into; the AES-GCM run after it (another node,
+    no injected IVs) is framed in its own slots, numbered 1.., byte for byte
+    as the reference frames it alone."""
+    topo = make_topo("aes128gcm16", False, backend, mn3_coa=COA2)
+    topo.sad.set_sequence_limit(SPI[(MN1, "payload", "out")], 0)
+    pkts = [inner(CN, MN1, 100)] * 2 + [inner(CN, MN3, 100 + k) for k in range(4)]
+    b = Batch(len(pkts))
+    b.load(pkts)
+    topo.engine.fixed_ivs = False
+    topo.engine.encap(b)
+    res = b.results()
+    assert vr(res) == [(DROP, R.SEQ_EXHAUSTED)] * 2 + [(TO_WIRE, 0)] * 4
+    assert [_seq_of(o) for _, _, o in res[2:]] == [1, 2, 3, 4]
+    assert [o for _, _, o in res[2:]] == [p for _, _, p in topo.ref.encap(pkts[2:])]
+
+
+@backends
 def test_exhausted_counter_stays_at_limit(backend):
     topo = make_topo("aes128-sha1", False, backend)
     spi = SPI[(MN1, "payload", "out")]

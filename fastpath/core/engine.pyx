@@ -241,7 +241,9 @@ cdef int _frame_gcm_run(Batch b, fp_job *jobs, int k, int nj, fp_seq_run *rn, in
                         fp_keys *kk, uint32_t spi, const uint8_t *tmpl) noexcept nogil:
     """_frame_out() for jobs[k:] while they belong to reservation run r (an
     AES-GCM SA without ESN, explicit IV = sequence number) and it has
-    numbers left; returns the first job it did not frame."""
+    numbers left; returns the first job it did not frame. The jobs must not
+    have been moved (_frame_out's w == k). Headers: 56 bytes, outer 40, ESP
+    8 and RFC 4106's 8-byte explicit IV (as esp_frame_gcm() writes them)."""
     cdef int32_t *c_off = b.c_off
     cdef int32_t *c_len = b.c_len
     cdef int32_t *c_sa = b.c_sa
