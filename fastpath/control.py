@@ -544,16 +544,16 @@ class ControlPlane:
         now = time.monotonic()
         tokens, last = self._be_buckets.get(bucket, (BINDING_ERRORS_PER_S, now))
         tokens = min(BINDING_ERRORS_PER_S, tokens + (now - last) * BINDING_ERRORS_PER_S)
+        ok = False
         if tokens < 1.0:
-            self._be_buckets[bucket] = (tokens, now)
             self.events["binding.error_rate_limited"] += 1
-            return False
-        if reply_problem(destination, self.fwd.cfg.home_agent.address.packed) is not None:
-            self._be_buckets[bucket] = (tokens, now)
+        elif reply_problem(destination, self.fwd.cfg.home_agent.address.packed) is not None:
             self.events["binding.error_bad_source"] += 1
-            return False
-        self._be_buckets[bucket] = (tokens - 1.0, now)
-        return True
+        else:
+            tokens -= 1.0
+            ok = True
+        self._be_buckets[bucket] = (tokens, now)
+        return ok
 
     def _write_binding_error(self, error) -> None:
         pkt = build_binding_error_packet(self.fwd.cfg.home_agent.address.packed, error)
