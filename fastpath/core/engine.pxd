@@ -65,6 +65,7 @@ cdef struct fp_in_state:
     uint32_t spi
     int32_t s           # its index, -1: none
     int nj
+    int batched         # jobs pass 2 opens (the others: pass 3, see opens_alone)
 
 cdef struct fp_binding_rec:
     int32_t slot

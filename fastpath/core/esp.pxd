@@ -4,9 +4,9 @@ from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.string cimport memcpy
 from fastpath.core.includes.openssl cimport (EVP_CIPHER, EVP_CIPHER_CTX, SHA_CTX, SHA256_CTX,
                                             OSSL_PARAM)
-from fastpath.core.includes.ipsecmb cimport fp_mb_mgr
+from fastpath.core.includes.ipsecmb cimport fp_mb_mgr, fp_mb_gcm_one
 from fastpath.core.includes.fpbytes cimport (fp_st_be32, fp_st_be64, fp_st_esp_hdr,
-                                             fp_esp_trailer, fp_pad_ok)
+                                             fp_esp_trailer, fp_pad_ok, fp_icv_eq)
 cimport cython
 
 cdef enum:
@@ -109,14 +109,31 @@ cdef class CryptoWorker:
     cdef void *burst               # ipsec-mb job array for bursts (MB_BURST jobs)
     cdef int seal(self, fp_job *jobs, int n) noexcept nogil
     cdef int open(self, fp_job *jobs, int n) noexcept nogil
+    cdef int open_batched(self, fp_job *jobs, int n) noexcept nogil
     cdef fp_ossl *_ctx(self, fp_job *j, int enc) noexcept nogil
     cdef bint _cbc(self, fp_ossl *o, fp_job *j, int enc) noexcept nogil
     cdef bint _gcm(self, fp_job *j, int enc) noexcept nogil
     cdef int _ossl_seal(self, fp_job *jobs, int n) noexcept nogil
     cdef int _ossl_open(self, fp_job *jobs, int n) noexcept nogil
-    cdef int _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil
+    cdef int _mb_run(self, fp_job *jobs, int n, int encrypt, bint defer_gcm) noexcept nogil
     cdef int _mb_burst(self, fp_job **jobs, int n, int encrypt) noexcept nogil
     cdef int _mb_jobs(self, fp_job **jobs, int n, int encrypt) noexcept nogil
+
+
+cdef inline bint opens_alone(int backend, const fp_keys *k) noexcept nogil:
+    """True for the jobs of an SA with these keys that a CryptoWorker of this
+    backend leaves unopened in open_batched(), for mb_gcm_open(): AES-GCM on
+    intel-ipsec-mb, a direct call per packet with no SIMD lanes to fill."""
+    return backend == BACKEND_IPSECMB and k.kind == KIND_GCM
+
+
+cdef inline void mb_gcm_open(fp_mb_mgr *mb, void *gcm_ctx, fp_job *j) noexcept nogil:
+    """Open one AES-GCM job on intel-ipsec-mb: decrypt in place, then
+    compare the tags in constant time (the library does not verify; the
+    plaintext is not released unless j.ok)."""
+    fp_mb_gcm_one(mb, 0, j.keys.mb_gcm, j.keys.enc_key_len, gcm_ctx, j.ct, j.ct_len,
+                  j.nonce, j.aad, j.aad_len, j.tag)
+    j.ok = fp_icv_eq(j.tag, j.rx, 16)   # (fp_mb_gcm_one computes 16-byte tags)
 
 
 cdef inline int32_t esp_frame_gcm(fp_job *j, fp_keys *k, uint8_t *p, int32_t n,
@@ -195,6 +212,7 @@ cdef inline void esp_frame_in(fp_job *j, fp_keys *k, uint8_t *esp, int32_t ct_le
                               uint64_t seq, bint esn) noexcept nogil:
     """Fill the job for open() from a received ESP packet (ct_len from esp_ct_len)."""
     j.keys = k
+    j.ok = 0                             # fails closed until a backend opens it
     j.seq = seq
     j.esp = esp
     j.ct = esp + 8 + k.iv_len

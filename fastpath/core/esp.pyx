@@ -231,13 +231,21 @@ cdef class CryptoWorker:
         """Encrypt and compute the ICV of every job; returns how many failed
         (their j.ok is 0)."""
         if self.backend == BACKEND_IPSECMB:
-            return self._mb_run(jobs, n, 1)
+            return self._mb_run(jobs, n, 1, False)
         return self._ossl_seal(jobs, n)
 
     cdef int open(self, fp_job *jobs, int n) noexcept nogil:
         """Check the ICV and decrypt every job; returns how many failed."""
         if self.backend == BACKEND_IPSECMB:
-            return self._mb_run(jobs, n, 0)
+            return self._mb_run(jobs, n, 0, False)
+        return self._ossl_open(jobs, n)
+
+    cdef int open_batched(self, fp_job *jobs, int n) noexcept nogil:
+        """open() for every job except those opens_alone() names, which the
+        caller opens itself with mb_gcm_open(), one at a time between its own
+        per-packet work; returns how many of the others failed."""
+        if self.backend == BACKEND_IPSECMB:
+            return self._mb_run(jobs, n, 0, True)
         return self._ossl_open(jobs, n)
 
     # -- OpenSSL ---------------------------------------------------------
@@ -356,7 +364,7 @@ cdef class CryptoWorker:
         return bad
 
     # -- intel-ipsec-mb --------------------------------------------------
-    cdef int _mb_run(self, fp_job *jobs, int n, int encrypt) noexcept nogil:
+    cdef int _mb_run(self, fp_job *jobs, int n, int encrypt, bint defer_gcm) noexcept nogil:
         cdef int i, r, m, base, small, bad = 0
         cdef fp_job *j
         cdef fp_job *order[MB_SORT]
@@ -371,13 +379,13 @@ cdef class CryptoWorker:
                 i += 1
                 if j.keys.kind == KIND_GCM:
                     # Direct GCM calls: ~3x OpenSSL even one packet at a time.
-                    fp_mb_gcm_one(self.mb, encrypt, j.keys.mb_gcm, j.keys.enc_key_len,
-                                  self.gcm_ctx, j.ct, j.ct_len, j.nonce, j.aad, j.aad_len,
-                                  j.icv if encrypt else j.tag)
                     if encrypt:
+                        fp_mb_gcm_one(self.mb, 1, j.keys.mb_gcm, j.keys.enc_key_len,
+                                      self.gcm_ctx, j.ct, j.ct_len, j.nonce, j.aad, j.aad_len,
+                                      j.icv)
                         j.ok = 1                # the ICV went straight to its place
-                    else:
-                        _mb_finish(j, 0)
+                    elif not defer_gcm:
+                        mb_gcm_open(self.mb, self.gcm_ctx, j)
                         bad += not j.ok
                     continue
                 r = m
