@@ -180,6 +180,71 @@ def test_decap_mixed_algorithms_in_one_batch(backend):
     assert b.results() == [(ok, 0, pl) for _, pl in alt]
 
 
+def _one_sa_decap(alg, backend, window=64):
+    from fastpath.core.sad import SADatabase
+    sad = SADatabase(HA, 1500, sa_capacity=4, mn_capacity=4, ipsecmb=backend == "ipsecmb")
+    hoa = bytes.fromhex("20010db8000100000000000000000010")
+    coa = bytes.fromhex("20010db8000200000000000000000010")
+    sad.add_mobile_node(hoa, coa)
+    sad.add_sa(hoa, "payload", "in", SPI_IN, alg, *sa_keys(alg, 0, "in"), replay_window=window)
+    seal = EspSA(alg, SPI_IN, *sa_keys(alg, 0, "in"))
+
+    def packet(seq, size=80, forge=False):
+        pl = inner_packet(hoa, CN, size, fill=seq)
+        esp = bytearray(seal.seal(seq, pl, 41))
+        if forge:
+            esp[-1] ^= 0x80
+        return ipv6_header(coa, HA, 50, len(esp)) + bytes(esp), pl
+    return sad, packet
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ["aes128gcm16", "aes128-sha1", "null-sha256"])
+def test_decap_run_after_a_dropped_first_packet(alg, backend):
+    """A replayed packet, then a run of its SA: the first is dropped in pass
+    1 before it becomes a job, so the run's jobs are all framed by
+    _classify_esp_run; each must still be opened (pass 2 counts them)."""
+    from fastpath.verdicts import Reason
+    sad, packet = _one_sa_decap(alg, backend)
+    eng = Engine(sad, backend=backend, max_batch=8)
+    first = [packet(1)]
+    b = load_batch([p for p, _ in first], 2048)
+    eng.decap(b)
+    assert b.results() == [(int(Verdict.TO_HOME), 0, first[0][1])]
+    run = [packet(1)] + [packet(q) for q in (2, 3, 4)]
+    b = load_batch([p for p, _ in run], 2048)
+    eng.decap(b)
+    assert b.results() == [(int(Verdict.DROP), int(Reason.REPLAY), b"")] + \
+        [(int(Verdict.TO_HOME), 0, pl) for _, pl in run[1:]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decap_one_sa_run_longer_than_a_lock_hold(backend):
+    """150 packets of one AES-GCM SA in one batch: _finish_in lets the SA's
+    lock go every 64 packets (LOCK_HOLD_MAX) and takes it again, the
+    packets opened ahead stay opened once; forged ones at and around the
+    hold's edges are ICV drops; the SA counts every accepted packet and byte
+    once."""
+    from fastpath.verdicts import Reason
+    sad, packet = _one_sa_decap("aes128gcm16", backend, window=256)
+    eng = Engine(sad, backend=backend, max_batch=150)
+    forged = {0, 62, 63, 65, 127, 129, 149}     # (64 and 128: the first after a re-lock)
+    pkts = [packet(q + 1, 60 + q, q in forged) for q in range(150)]
+    b = load_batch([p for p, _ in pkts], 2048)
+    eng.decap(b)
+    for k, (v, r, out) in enumerate(b.results()):
+        if k in forged:
+            assert (v, r) == (int(Verdict.DROP), int(Reason.ICV)), k
+        else:
+            assert (v, r, out) == (int(Verdict.TO_HOME), 0, pkts[k][1]), k
+    [view] = [x for x in sad.sas() if x["spi"] == SPI_IN]
+    good = [pl for k, (_, pl) in enumerate(pkts) if k not in forged]
+    assert view["packets_in"] == len(good)
+    assert view["bytes_in"] == sum(len(pl) for pl in good)
+    assert view["drops"] == {"icv": len(forged)}
+    assert view["sequence"] == 149                     # 150 was forged
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("alg", ["aes128gcm16", "aes128-sha1"])
 @pytest.mark.parametrize("direction", ["encap", "decap"])
@@ -245,3 +310,22 @@ def test_hugepage_batch_is_a_batch():
     c = Batch(64, 2048)
     c.copy_from(b)
     assert [p for _, _, p in c.results()] == pkts == [p for _, _, p in b.results()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gcm_keys_with_a_short_icv_are_refused(backend):
+    """Both backends compute and compare 16-byte AES-GCM tags (mb_gcm_open
+    compares 16 bytes): keys for another ICV length are refused, not built."""
+    import dataclasses
+
+    from fastpath.core.sad import SADatabase
+    gcm8 = dataclasses.replace(get("aes128gcm16"), name="aes128gcm8", icv_len=8)
+    keys = sa_keys("aes128gcm16", 0, "in")
+    with pytest.raises(ValueError, match="ICVs 16 bytes"):
+        EspSA(gcm8, SPI_IN, *keys, backend=backend)
+    sad = SADatabase(HA, 1500, sa_capacity=2, mn_capacity=2, ipsecmb=backend == "ipsecmb")
+    hoa = bytes.fromhex("20010db8000100000000000000000010")
+    sad.add_mobile_node(hoa, None)
+    with pytest.raises(ValueError, match="ICVs 16 bytes"):
+        sad.add_sa(hoa, "payload", "in", SPI_IN, gcm8, *keys)
+    assert sad.n_sas == 0

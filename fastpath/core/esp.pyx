@@ -69,14 +69,20 @@ cdef inline void *_aligned(size_t n) noexcept nogil:
     return p
 
 
+KEYS_UNSUPPORTED = "AES keys are 16 or 32 bytes (AES-128 / AES-256); AES-GCM ICVs 16 bytes"
+
+
 cdef int keys_init(fp_keys *k, int kind, int hash, int icv_len, int iv_len, int align,
                    const uint8_t *enc_key, int enc_key_len, const uint8_t *auth_key,
                    int auth_key_len, const uint8_t *salt, fp_mb_mgr *mb) noexcept nogil:
     """Prepare every key schedule of one SA. mb may be NULL (no ipsec-mb).
-    Returns 0, or -1 when memory ran out."""
+    Returns 0, -1 when memory ran out, -2 for what it does not support
+    (KEYS_UNSUPPORTED)."""
     memset(k, 0, sizeof(fp_keys))
     if enc_key_len not in (0, 16, 32) or (kind != KIND_NULL_HMAC and enc_key_len == 0):
         return -2                   # AES-128 and AES-256 only (RFC 8221)
+    if kind == KIND_GCM and icv_len != 16:
+        return -2                   # both backends compute and compare 16-byte GCM tags
     if auth_key_len > 64:
         return -2
     k.kind = kind
@@ -588,7 +594,7 @@ cdef class EspSA:
                        <const uint8_t *>enc_key, len(enc_key), <const uint8_t *>auth_key,
                        len(auth_key), <const uint8_t *>salt, self.mb)
         if rc == -2:
-            raise ValueError("AES keys are 16 or 32 bytes (AES-128 / AES-256)")
+            raise ValueError(KEYS_UNSUPPORTED)
         if rc != 0:
             raise MemoryError()
 

@@ -14,6 +14,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, memcmp
 
 from fastpath.core.esp cimport fp_keys, keys_init, keys_free
+from fastpath.core.esp import KEYS_UNSUPPORTED
 from fastpath.core.includes.atomic cimport *
 from fastpath.core.includes.ipsecmb cimport fp_mb_mgr, fp_mb_new, fp_mb_free
 
@@ -269,7 +270,7 @@ cdef class SADatabase:
                        <const uint8_t *>auth_key, len(auth_key),
                        <const uint8_t *>salt, <fp_mb_mgr *>self.mb)
         if rc == -2:
-            raise ValueError("AES keys are 16 or 32 bytes (AES-128 / AES-256)")
+            raise ValueError(KEYS_UNSUPPORTED)
         if rc != 0:
             raise MemoryError()
         memset(&self.t.hot[s], 0, sizeof(fp_sa_hot))
