@@ -154,18 +154,18 @@ def test_decap_mixed_algorithms_in_one_batch(backend):
             forged.add(k)
         pkts.append(ipv6_header(coas[i], HA, 50, len(esp)) + bytes(esp))
         inners.append(pl)
-    ok, icv, replay = int(Verdict.TO_HOME), int(Verdict.DROP), int(Reason.REPLAY)
+    ok, drop, replay = int(Verdict.TO_HOME), int(Verdict.DROP), int(Reason.REPLAY)
     first = load_batch(pkts[:5], 2048)            # GCM only: nothing for pass 2
     eng.decap(first)
     assert [(v, r) for v, r, _ in first.results()] == \
-        [(icv, int(Reason.ICV)) if k in forged else (ok, 0) for k in range(5)]
+        [(drop, int(Reason.ICV)) if k in forged else (ok, 0) for k in range(5)]
     b = load_batch(pkts, 2048)                    # the mix; its first five again
     eng.decap(b)
     for k, (v, r, out) in enumerate(b.results()):
         if k in forged:                           # (never committed: not a replay)
-            assert (v, r) == (icv, int(Reason.ICV)), k
+            assert (v, r) == (drop, int(Reason.ICV)), k
         elif k < 5:
-            assert (v, r) == (icv, replay), k
+            assert (v, r) == (drop, replay), k
         else:
             assert (v, r, out) == (ok, 0, inners[k]), k
     assert eng.counters()["drops"]["icv"] == len([k for k in forged if k < 5]) + len(forged)

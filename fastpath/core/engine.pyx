@@ -113,15 +113,16 @@ cdef inline bint ecn_decap(const uint8_t *outer, uint8_t *inner) noexcept nogil:
     return True
 
 
-# Inbound tunnel SA selectors for return routability (RFC 3776 §4.2), one
-# rule per SA (worked out once per run of packets of one SA): the RR SA takes
-# only HoTI (HoT at the MN); a payload SA does not take it when its node has
-# an RR SA; otherwise there is nothing to check.
 cdef enum:
     # _finish_in lets an SA's replay lock go after this many packets (and
     # takes it again): it holds it while they are decrypted
     LOCK_HOLD_MAX = 64
 
+
+# Inbound tunnel SA selectors for return routability (RFC 3776 §4.2), one
+# rule per SA (worked out once per run of packets of one SA): the RR SA takes
+# only HoTI (HoT at the MN); a payload SA does not take it when its node has
+# an RR SA; otherwise there is nothing to check.
 cdef enum:
     RR_NONE = 0
     RR_ONLY = 1

@@ -19,7 +19,6 @@ from libc.string cimport memcpy, memset
 
 from fastpath.core.includes.openssl cimport *
 from fastpath.core.includes.ipsecmb cimport *
-from fastpath.core.includes.fpbytes cimport fp_icv_eq
 from fastpath.core.includes.cbchmac cimport fp_ni_available, fp_ni_aes_keys, fp_cbc_hmac_seal
 from fastpath.core.batch cimport Batch
 
