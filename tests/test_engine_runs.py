@@ -247,6 +247,84 @@ def test_decap_one_sa_run_longer_than_a_lock_hold(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("alg", ["aes128gcm16", "aes128-sha1"])
+def test_decap_copies_in_one_batch_are_replays_in_packet_order(alg, backend):
+    """Copies of a sequence number in one batch, forged or not, near each
+    other and far apart: the packets of an SA are finished in packet order,
+    the first good copy takes the number, and any copy after it is a replay
+    whatever else is wrong with it (RFC 4303 §3.4.3: the window before the
+    ICV); a forgery before the good copy is an ICV drop and takes nothing.
+    AES-GCM on ipsec-mb takes the run loop (_decap_gcm_run: a copy one or
+    two packets behind is still being opened when the next is framed), the
+    others passes 1 to 3."""
+    from fastpath.verdicts import Reason
+    sad, packet = _one_sa_decap(alg, backend)
+    eng = Engine(sad, backend=backend, max_batch=32)
+    ok, rp, icv = (int(Verdict.TO_HOME), 0), (int(Verdict.DROP), int(Reason.REPLAY)), \
+        (int(Verdict.DROP), int(Reason.ICV))
+    spec = [(1, False, ok), (2, False, ok), (1, False, rp), (2, True, rp), (3, False, ok),
+            (3, False, rp), (5, True, icv), (5, False, ok), (4, False, ok), (6, False, ok),
+            (4, True, rp), (7, False, ok), (1, False, rp), (8, False, ok), (9, False, ok)]
+    pkts = [packet(q, 60 + k, forge) for k, (q, forge, _) in enumerate(spec)]
+    b = load_batch([p for p, _ in pkts], 2048)
+    eng.decap(b)
+    for k, ((v, r, out), (_, _, want)) in enumerate(zip(b.results(), spec)):
+        assert (v, r) == want, k
+        assert out == (pkts[k][1] if want == ok else b""), k
+    [view] = [x for x in sad.sas() if x["spi"] == SPI_IN]
+    assert view["packets_in"] == 9
+    assert view["drops"] == {"replay": 5, "icv": 1}
+    assert view["sequence"] == 9
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ["aes128gcm16", "aes128-sha1"])
+def test_decap_inner_checks_within_a_run(alg, backend):
+    """Inner packets that must not go home, each between good packets of one
+    run of one SA: a source other than the HoA (RFC 4301 selector), a dummy
+    packet (next header 59), a payload that is not IPv6, a CE-marked outer
+    header over a Not-ECT inner packet (RFC 6040). Each is dropped with its
+    reason and still takes its sequence number; the run goes on around it."""
+    from fastpath.verdicts import Reason
+    sad, packet = _one_sa_decap(alg, backend)
+    eng = Engine(sad, backend=backend, max_batch=32)
+    seal = EspSA(alg, SPI_IN, *sa_keys(alg, 0, "in"))
+    hoa = bytes.fromhex("20010db8000100000000000000000010")
+    coa = bytes.fromhex("20010db8000200000000000000000010")
+
+    def raw(seq, payload, nh, tc=0):
+        esp = seal.seal(seq, payload, nh)
+        return ipv6_header(coa, HA, 50, len(esp), tc=tc) + esp
+
+    bad = {
+        1: (raw(2, inner_packet(CN, CN, 90), 41), Reason.POLICY),
+        3: (raw(4, bytes(70), 59), Reason.DUMMY),
+        5: (raw(6, b"\x45" + bytes(79), 41), Reason.MALFORMED),
+        7: (raw(8, inner_packet(hoa, CN, 90), 41, tc=0x03), Reason.CONGESTION),
+    }
+    pkts, want = [], []
+    for k in range(9):
+        if k in bad:
+            pkts.append(bad[k][0])
+            want.append((int(Verdict.DROP), int(bad[k][1]), b""))
+        else:
+            p, pl = packet(k + 1, 70 + k)
+            pkts.append(p)
+            want.append((int(Verdict.TO_HOME), 0, pl))
+    b = load_batch(pkts, 2048)
+    eng.decap(b)
+    assert b.results() == want
+    [view] = [x for x in sad.sas() if x["spi"] == SPI_IN]
+    assert view["packets_in"] == 5
+    assert view["drops"] == {"policy": 1, "dummy": 1, "malformed": 1, "congestion": 1}
+    assert view["sequence"] == 9
+    # every number was taken: the same batch again is all replays
+    b = load_batch(pkts, 2048)
+    eng.decap(b)
+    assert {(v, r) for v, r, _ in b.results()} == {(int(Verdict.DROP), int(Reason.REPLAY))}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alg", ["aes128gcm16", "aes128-sha1"])
 @pytest.mark.parametrize("direction", ["encap", "decap"])
 def test_bench_loop_equals_the_api(alg, backend, direction):
     """Engine.bench_loop (the benchmark's worker-style loop) processes the

@@ -3,7 +3,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from fastpath.core.batch cimport Batch
 from fastpath.core.esp cimport fp_job, CryptoWorker
-from fastpath.core.sad cimport SADatabase, fp_sad, fp_sa, N_REASONS
+from fastpath.core.sad cimport SADatabase, fp_sad, fp_sa, fp_sa_hot, N_REASONS
 
 cdef enum:
     V_DROP = 0
@@ -127,5 +127,7 @@ cdef class Engine:
     cdef void _classify_in_one(self, Batch b, int i, uint8_t *p, int32_t n,
                                fp_in_state *st) noexcept nogil
     cdef void _finish_in(self, Batch b, int nj) noexcept nogil
+    cdef int _decap_gcm_run(self, Batch b, int i, int32_t s, fp_sa *sa, fp_sa_hot *hot,
+                            uint32_t spi, fp_job *first) noexcept nogil
     cdef int32_t _finish_transport(self, Batch b, fp_job *j, fp_sa *sa, int32_t plen,
                                    uint8_t nxt) noexcept nogil

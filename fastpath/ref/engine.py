@@ -317,13 +317,15 @@ class RefEngine:
 
     def _open_esp(self, pkt: bytes, chain: ipv6.Chain, sa: SaEntry, esp: bytes,
                   seq: int) -> Result:
-        """Second pass: ICV, decryption, padding, then the replay commit."""
+        """Second pass: the replay check again (an earlier packet of the batch
+        may have taken the number meanwhile: then it is a replay, whatever
+        else is wrong with it), ICV, decryption, padding, the replay commit."""
+        if not sa.replay.check(seq):
+            return self._drop(Reason.REPLAY, sa)
         try:
             _, payload, nh = sa.esp.open(esp, seq >> 32)
         except EspDrop as e:
             return self._drop(e.reason, sa)
-        if not sa.replay.check(seq):     # taken meanwhile by this batch
-            return self._drop(Reason.REPLAY, sa)
         sa.replay.commit(seq)
         if nh == NH_NONE:   # RFC 4303 §2.6: valid, and meant to be discarded
             return self._drop(Reason.DUMMY, sa)
