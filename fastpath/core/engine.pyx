@@ -138,6 +138,14 @@ cdef inline int rr_rule_of(fp_sad *t, fp_sa *sa) noexcept nogil:
     return RR_NONE
 
 
+cdef int replay_or(const fp_sa *sa, const fp_sa_hot *hot, uint64_t seq,
+                   int reason) noexcept nogil:
+    """open_reason()'s drops: R_REPLAY when an earlier packet has taken seq
+    meanwhile, else reason. (Not inline: the rare path stays out of the
+    loops.)"""
+    return reason if replay_fresh(sa, hot.seq, seq) else R_REPLAY
+
+
 cdef inline int open_reason(fp_job *j, fp_sa *sa, fp_sa_hot *hot, int32_t *plen,
                             uint8_t *nxt) noexcept nogil:
     """The checks of an opened job, any mode, in packet order under the SA's
@@ -149,10 +157,10 @@ cdef inline int open_reason(fp_job *j, fp_sa *sa, fp_sa_hot *hot, int32_t *plen,
     and the callers record them: small enough for the compiler to inline,
     which saves about 3 ns a packet at 64 bytes.)"""
     if not j.ok:
-        return R_ICV if replay_fresh(sa, hot.seq, j.seq) else R_REPLAY
+        return replay_or(sa, hot, j.seq, R_ICV)
     plen[0] = esp_trailer(j, nxt)
     if plen[0] < 0:
-        return R_BAD_PADDING if replay_fresh(sa, hot.seq, j.seq) else R_REPLAY
+        return replay_or(sa, hot, j.seq, R_BAD_PADDING)
     if not replay_commit_locked(sa, hot, j.seq):
         return R_REPLAY
     if nxt[0] == 59:
@@ -321,21 +329,37 @@ cdef int _frame_gcm_run(Batch b, fp_job *jobs, int k, int nj, fp_seq_run *rn, in
     return k
 
 
-cdef inline int32_t run_ct_len(const uint8_t *p, int32_t off, int32_t n, int64_t lim,
-                               uint32_t spi, int32_t ovh, int32_t amask) noexcept nogil:
+# The run loops (_classify_esp_run, Engine._decap_gcm_run) take packets of one
+# SA while each is the common case: IPv6 then ESP on that SA (tunnel mode, no
+# ESN), no extension header, a length the SA can have, not already seen.
+cdef struct run_shape:
+    Py_ssize_t ss       # slot size
+    int64_t lim         # a packet ends before this offset of its slot (tailroom)
+    int32_t ovh         # outer header, ESP header, IV and ICV: all but the ciphertext
+    int32_t hin         # outer header, ESP header and IV: where the inner packet starts
+    int32_t amask       # the ciphertext's alignment - 1
+
+
+cdef inline void run_shape_init(run_shape *r, Batch b, const fp_keys *kk) noexcept nogil:
+    r.ss = b.slot_size
+    r.lim = b.slot_size - TAILROOM
+    r.ovh = 48 + kk.iv_len + kk.icv_len
+    r.hin = 48 + kk.iv_len
+    r.amask = kk.align - 1
+
+
+cdef inline int32_t run_ct_len(const run_shape *r, const uint8_t *p, int32_t off, int32_t n,
+                               uint32_t spi) noexcept nogil:
     """The ciphertext length of packet p (at offset off of its slot, n bytes)
-    when it is the common case of a run of one SA: IPv6 then ESP with SPI
-    spi, no extension header, a length the SA can have (ovh: its bytes
-    around the ciphertext; amask: its alignment - 1). Else -1."""
+    when it is the common case of a run of the SA with SPI spi, else -1."""
     cdef int32_t ct_len
-    if not (ipv6_in_slot(p, off, n, lim) and p[6] == 50 and n >= 48
+    if not (ipv6_in_slot(p, off, n, r.lim) and p[6] == 50 and n >= 48
             and fp_ld_be32(p + 40) == spi):
         return -1
-    ct_len = n - ovh
-    if ct_len < 2 or (ct_len & amask) != 0:
+    ct_len = n - r.ovh
+    if ct_len < 2 or (ct_len & r.amask) != 0:
         return -1
     return ct_len
-
 
 cdef int _classify_esp_run(Batch b, int i, fp_job *j, int32_t s, fp_sa *sa,
                            fp_sa_hot *hot, uint32_t spi) noexcept nogil:
@@ -345,20 +369,18 @@ cdef int _classify_esp_run(Batch b, int i, fp_job *j, int32_t s, fp_sa *sa,
     many it took. Its few variables stay in registers."""
     cdef int32_t *c_off = b.c_off
     cdef int32_t *c_len = b.c_len
-    cdef Py_ssize_t ss = b.slot_size
-    cdef int64_t lim = b.slot_size - TAILROOM
     cdef fp_keys *kk = sa.keys
-    cdef int32_t ovh = 48 + kk.iv_len + kk.icv_len, hin = 48 + kk.iv_len
-    cdef int32_t amask = kk.align - 1
+    cdef run_shape r
     cdef int k = 0, count = b.count
     cdef int32_t n, off, ct_len
     cdef uint8_t *p
     cdef uint64_t seq
+    run_shape_init(&r, b, kk)
     while i < count:
         off = c_off[i]
         n = c_len[i]
-        p = b.c_data + i * ss + off
-        ct_len = run_ct_len(p, off, n, lim, spi, ovh, amask)
+        p = b.c_data + i * r.ss + off
+        ct_len = run_ct_len(&r, p, off, n, spi)
         if ct_len < 0:
             break
         seq = fp_ld_be32(p + 44)
@@ -368,7 +390,7 @@ cdef int _classify_esp_run(Batch b, int i, fp_job *j, int32_t s, fp_sa *sa,
         j.sa = s                     # tunnel mode: no nh_pos, hoa
         j.esp_off = 40               # (the outer header: ECN, see ecn_decap)
         esp_frame_in(j, kk, p + 40, ct_len, seq, False)
-        c_off[i] = off + hin         # where the inner packet will start
+        c_off[i] = off + r.hin       # where the inner packet will start
         i += 1
         j += 1
         k += 1
@@ -1402,19 +1424,18 @@ cdef class Engine:
     cdef int _decap_gcm_run(self, Batch b, int i, int32_t s, fp_sa *sa, fp_sa_hot *hot,
                             uint32_t spi, fp_job *first) noexcept nogil:
         """Passes 1 to 3 at once for packets i, i+1, ... while each is the
-        common case of _classify_esp_run() on an SA whose jobs open alone
-        (AES-GCM on intel-ipsec-mb), at most LOCK_HOLD_MAX of them; returns
-        how many it took. Under the SA's lock, each packet is checked
-        against the window as it stands, framed and opened one packet ahead
-        of the packet being finished (see _finish_in)."""
+        common case of a run (run_ct_len) on an SA whose jobs open alone
+        (AES-GCM on intel-ipsec-mb), at most LOCK_HOLD_MAX of them; first:
+        the job of the packet before them, or NULL. Returns how many packets
+        it took. Under the SA's lock, as a pipeline: packet k is checked
+        against the window as it stands and framed while packet k - 1 is
+        opened and packet k - 2 finished (why: docs/engine-semantics.md,
+        Batches)."""
         cdef fp_sad *t = self.t
         cdef int32_t *c_off = b.c_off
         cdef int32_t *c_len = b.c_len
-        cdef Py_ssize_t ss = b.slot_size
-        cdef int64_t lim = b.slot_size - TAILROOM
         cdef fp_keys *kk = sa.keys
-        cdef int32_t ovh = 48 + kk.iv_len + kk.icv_len, hin = 48 + kk.iv_len
-        cdef int32_t amask = kk.align - 1
+        cdef run_shape rs
         cdef int k = 0, count = b.count, ok = 0, x = 0, r
         cdef int32_t n, off, ct_len, plen
         cdef uint8_t *p
@@ -1431,6 +1452,7 @@ cdef class Engine:
         cdef fp_job *op = NULL           # opened, to be finished
         cdef fp_job *nf
         cdef bint more = True
+        run_shape_init(&rs, b, kk)
         if self.lock_sleeps:
             fp_spin_lock_or_sleep(&hot.lock)     # see Engine.lock_sleeps
         else:
@@ -1441,8 +1463,8 @@ cdef class Engine:
                 more = False
                 off = c_off[i]
                 n = c_len[i]
-                p = b.c_data + i * ss + off
-                ct_len = run_ct_len(p, off, n, lim, spi, ovh, amask)
+                p = b.c_data + i * rs.ss + off
+                ct_len = run_ct_len(&rs, p, off, n, spi)
                 seq = fp_ld_be32(p + 44) if ct_len >= 0 else 0
                 if ct_len >= 0 and replay_fresh(sa, hot.seq, seq):
                     nf = &jb[x]
@@ -1451,7 +1473,7 @@ cdef class Engine:
                     nf.sa = s
                     nf.esp_off = 40
                     esp_frame_in(nf, kk, p + 40, ct_len, seq, False)
-                    c_off[i] = off + hin
+                    c_off[i] = off + rs.hin
                     i += 1
                     k += 1
                     more = True
