@@ -306,6 +306,7 @@ cdef int _frame_gcm_run(Batch b, fp_job *jobs, int k, int nj, fp_seq_run *rn, in
     cdef int32_t *c_off = b.c_off
     cdef int32_t *c_len = b.c_len
     cdef int32_t *c_sa = b.c_sa
+    cdef uint8_t *c_verdict = b.c_verdict
     cdef uint64_t seq = rn.next, end = rn.end, pk = 0, by = 0
     cdef int32_t i, esp_len
     cdef uint8_t *p
@@ -318,6 +319,7 @@ cdef int _frame_gcm_run(Batch b, fp_job *jobs, int k, int nj, fp_seq_run *rn, in
         c_off[i] -= 56
         c_len[i] = 40 + esp_len
         c_sa[i] = j.sa
+        c_verdict[i] = V_TO_WIRE
         seq += 1
         pk += 1
         by += <uint64_t>j.plen
@@ -746,8 +748,9 @@ cdef class Engine:
         st.run = -1
         st.nruns = 0
         st.nj = 0
-        # Every packet leaves with TO_WIRE unless a drop (or PTB) says otherwise.
-        memset(b.c_verdict, V_TO_WIRE, b.count)
+        # Fail closed: a packet leaves only once it has been framed (ESP,
+        # sealed: _count_out drops a job that failed) or tunnelled in the clear.
+        memset(b.c_verdict, V_DROP, b.count)
         memset(b.c_reason, R_NONE, b.count)
         # 1. classify
         self._classify_out(b, &st)
@@ -964,6 +967,7 @@ cdef class Engine:
         cdef int32_t *c_off = b.c_off
         cdef int32_t *c_len = b.c_len
         cdef int32_t *c_sa = b.c_sa
+        cdef uint8_t *c_verdict = b.c_verdict
         cdef bint fixed = self.fixed_ivs, per_packet = False, esn = False
         cdef int k, r, w = 0, cur = -1, kind = 0, nj = st.nj
         cdef int32_t i, s, hl = 0, esp_len
@@ -1051,7 +1055,8 @@ cdef class Engine:
             frame_outer(p - hl - 40, tmpl, p, esp_len)
             c_off[i] -= 40 + hl
             c_len[i] = 40 + esp_len
-            c_sa[i] = j.sa                      # (verdict TO_WIRE: set for the batch)
+            c_sa[i] = j.sa
+            c_verdict[i] = V_TO_WIRE
             k += 1
             # The rest of a GCM run (no ESN, IV = sequence number: the
             # common case) goes through a loop of its own, whose few
