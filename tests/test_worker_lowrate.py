@@ -4,6 +4,7 @@ behind in the queue when the rate rises, and order is kept. SOCK_SEQPACKET
 socket pairs stand in for the TUN queues, as in test_worker_punts."""
 import socket
 import threading
+import time
 
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP
@@ -91,7 +92,11 @@ def test_lone_packets_then_a_burst_all_arrive_in_order():
         for k in range(5):
             home_them.send(inner(CN, MN1, 80))
             assert reader.wait_for(325 + k, 1.0) == 325 + k
-        c = w.counters()
+        # the worker counts a write once it returns, maybe after the reader
+        # has the packet: give it a moment
+        deadline = time.monotonic() + 2.0
+        while (c := w.counters())["tx"]["wire"] < 329 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert c["rx"]["home"] == 329 and c["tx"]["wire"] == 329
     finally:
         rig.stop()
