@@ -125,8 +125,9 @@ def test_decap_mixed_algorithms_in_one_batch(backend):
     """GCM and CBC-HMAC mobile nodes in one decap batch, in runs and
     switches, some packets with a flipped ICV bit: each opens under its own
     SA. On ipsec-mb the CBC jobs go through the library's lanes in pass 2 and
-    the GCM jobs are opened one by one in pass 3 (opens_alone): every job is
-    opened exactly once, by one of the two, and a forged one never passes."""
+    the GCM packets are opened one by one (opens_alone) in their runs
+    (_decap_gcm_run): every packet is opened exactly once, by one of the
+    two, and a forged one never passes."""
     from fastpath.core.sad import SADatabase
     from fastpath.verdicts import Reason
     sad = SADatabase(HA, 1500, sa_capacity=8, mn_capacity=8, ipsecmb=backend == "ipsecmb")
@@ -180,18 +181,29 @@ def test_decap_mixed_algorithms_in_one_batch(backend):
     assert b.results() == [(ok, 0, pl) for _, pl in alt]
 
 
-def _one_sa_decap(alg, backend, window=64):
+def _one_sa_decap(alg, backend, window=64, esn=False):
     from fastpath.core.sad import SADatabase
+    from fastpath.ref.esp import RefSA, frame
     sad = SADatabase(HA, 1500, sa_capacity=4, mn_capacity=4, ipsecmb=backend == "ipsecmb")
     hoa = bytes.fromhex("20010db8000100000000000000000010")
     coa = bytes.fromhex("20010db8000200000000000000000010")
     sad.add_mobile_node(hoa, coa)
-    sad.add_sa(hoa, "payload", "in", SPI_IN, alg, *sa_keys(alg, 0, "in"), replay_window=window)
-    seal = EspSA(alg, SPI_IN, *sa_keys(alg, 0, "in"))
+    sad.add_sa(hoa, "payload", "in", SPI_IN, alg, *sa_keys(alg, 0, "in"), replay_window=window,
+               esn=esn)
+    seal = RefSA(SPI_IN, alg, *sa_keys(alg, 0, "in"), esn=esn)
+    iv_len = get(alg).iv_len
 
-    def packet(seq, size=80, forge=False):
+    def packet(seq, size=80, forge=False, bad_pad=False):
+        """(the ESP packet of inner packet `size` bytes, that inner packet);
+        forge: a flipped ICV bit; bad_pad: a wrong pad byte under a valid ICV."""
         pl = inner_packet(hoa, CN, size, fill=seq)
-        esp = bytearray(seal.seal(seq, pl, 41))
+        plain = bytearray(frame(pl, 41, get(alg).align))
+        if bad_pad:                            # the last pad byte is not its number
+            if plain[-2] == 0:
+                plain[-2] = 1                      # (no padding: claim one byte)
+            plain[-3] = 0xEE
+        iv = seq.to_bytes(8, "big") if iv_len == 8 else bytes([seq & 0xFF]) * iv_len
+        esp = bytearray(seal.seal_framed(seq, bytes(plain), iv))
         if forge:
             esp[-1] ^= 0x80
         return ipv6_header(coa, HA, 50, len(esp)) + bytes(esp), pl
@@ -202,8 +214,9 @@ def _one_sa_decap(alg, backend, window=64):
 @pytest.mark.parametrize("alg", ["aes128gcm16", "aes128-sha1", "null-sha256"])
 def test_decap_run_after_a_dropped_first_packet(alg, backend):
     """A replayed packet, then a run of its SA: the first is dropped in pass
-    1 before it becomes a job, so the run's jobs are all framed by
-    _classify_esp_run; each must still be opened (pass 2 counts them)."""
+    1 before it becomes a job, so the run has no first job (_classify_esp_run
+    frames all its jobs, or _decap_gcm_run starts without one); each must
+    still be opened (pass 2 counts them)."""
     from fastpath.verdicts import Reason
     sad, packet = _one_sa_decap(alg, backend)
     eng = Engine(sad, backend=backend, max_batch=8)
@@ -219,14 +232,16 @@ def test_decap_run_after_a_dropped_first_packet(alg, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_decap_one_sa_run_longer_than_a_lock_hold(backend):
-    """150 packets of one AES-GCM SA in one batch: _finish_in lets the SA's
-    lock go every 64 packets (LOCK_HOLD_MAX) and takes it again, the
-    packets opened ahead stay opened once; forged ones at and around the
-    hold's edges are ICV drops; the SA counts every accepted packet and byte
-    once."""
+@pytest.mark.parametrize("esn", [False, True])
+def test_decap_one_sa_run_longer_than_a_lock_hold(backend, esn):
+    """150 packets of one AES-GCM SA in one batch: the SA's lock is let go
+    every 64 packets (LOCK_HOLD_MAX) and taken again - by _decap_gcm_run
+    (ipsec-mb, no ESN: it ends its run, the next starts with a job made by
+    _classify_in_one) or by _finish_in (ESN; OpenSSL) - the packets opened
+    ahead stay opened once; forged ones at and around the hold's edges are
+    ICV drops; the SA counts every accepted packet and byte once."""
     from fastpath.verdicts import Reason
-    sad, packet = _one_sa_decap("aes128gcm16", backend, window=256)
+    sad, packet = _one_sa_decap("aes128gcm16", backend, window=256, esn=esn)
     eng = Engine(sad, backend=backend, max_batch=150)
     forged = {0, 62, 63, 65, 127, 129, 149}     # (64 and 128: the first after a re-lock)
     pkts = [packet(q + 1, 60 + q, q in forged) for q in range(150)]
@@ -248,11 +263,12 @@ def test_decap_one_sa_run_longer_than_a_lock_hold(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("alg", ["aes128gcm16", "aes128-sha1"])
 def test_decap_copies_in_one_batch_are_replays_in_packet_order(alg, backend):
-    """Copies of a sequence number in one batch, forged or not, near each
-    other and far apart: the packets of an SA are finished in packet order,
-    the first good copy takes the number, and any copy after it is a replay
-    whatever else is wrong with it (RFC 4303 §3.4.3: the window before the
-    ICV); a forgery before the good copy is an ICV drop and takes nothing.
+    """Copies of a sequence number in one batch, forged or badly padded or
+    not, near each other and far apart: the packets of an SA are finished in
+    packet order, the first good copy takes the number, and any copy after
+    it is a replay whatever else is wrong with it (RFC 4303 §3.4.3: the
+    window before the ICV); a forgery or bad padding before the good copy is
+    dropped as such and takes nothing.
     AES-GCM on ipsec-mb takes the run loop (_decap_gcm_run: a copy one or
     two packets behind is still being opened when the next is framed), the
     others passes 1 to 3."""
@@ -261,19 +277,22 @@ def test_decap_copies_in_one_batch_are_replays_in_packet_order(alg, backend):
     eng = Engine(sad, backend=backend, max_batch=32)
     ok, rp, icv = (int(Verdict.TO_HOME), 0), (int(Verdict.DROP), int(Reason.REPLAY)), \
         (int(Verdict.DROP), int(Reason.ICV))
-    spec = [(1, False, ok), (2, False, ok), (1, False, rp), (2, True, rp), (3, False, ok),
-            (3, False, rp), (5, True, icv), (5, False, ok), (4, False, ok), (6, False, ok),
-            (4, True, rp), (7, False, ok), (1, False, rp), (8, False, ok), (9, False, ok)]
-    pkts = [packet(q, 60 + k, forge) for k, (q, forge, _) in enumerate(spec)]
+    pad = (int(Verdict.DROP), int(Reason.BAD_PADDING))
+    # (sequence number, forged ICV / bad padding, verdict)
+    spec = [(1, "", ok), (2, "", ok), (1, "", rp), (2, "icv", rp), (3, "", ok),
+            (3, "", rp), (5, "icv", icv), (5, "", ok), (4, "", ok), (6, "", ok),
+            (4, "icv", rp), (7, "", ok), (1, "", rp), (8, "", ok), (8, "pad", rp),
+            (10, "pad", pad), (9, "", ok), (10, "", ok)]
+    pkts = [packet(q, 60 + k, bad == "icv", bad == "pad") for k, (q, bad, _) in enumerate(spec)]
     b = load_batch([p for p, _ in pkts], 2048)
     eng.decap(b)
     for k, ((v, r, out), (_, _, want)) in enumerate(zip(b.results(), spec)):
         assert (v, r) == want, k
         assert out == (pkts[k][1] if want == ok else b""), k
     [view] = [x for x in sad.sas() if x["spi"] == SPI_IN]
-    assert view["packets_in"] == 9
-    assert view["drops"] == {"replay": 5, "icv": 1}
-    assert view["sequence"] == 9
+    assert view["packets_in"] == 10
+    assert view["drops"] == {"replay": 6, "icv": 1, "bad_padding": 1}
+    assert view["sequence"] == 10
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

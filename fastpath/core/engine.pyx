@@ -169,14 +169,14 @@ cdef inline int open_reason(fp_job *j, fp_sa *sa, fp_sa_hot *hot, int32_t *plen,
 
 
 cdef inline int tunnel_reason(fp_job *j, int32_t plen, uint8_t nxt, uint64_t hi, uint64_t lo,
-                              int src, int rr_rule, uint8_t rr_type) noexcept nogil:
+                              int hoa_at, int rr_rule, uint8_t rr_type) noexcept nogil:
     """The inner packet of a tunnel-mode job that passed open_reason() (hi,
-    lo: the SA's HoA, at offset src of the inner header): R_NONE when it
+    lo: the SA's HoA, at offset hoa_at of the inner packet): R_NONE when it
     goes home, or the reason to drop it."""
     if nxt != 41 or not ipv6_ok(j.ct, plen):
         return R_MALFORMED
     # RFC 4301 inbound selector: HA: from the HoA; MN: to the HoA.
-    if not fp_eq128(j.ct + src, hi, lo):
+    if not fp_eq128(j.ct + hoa_at, hi, lo):
         return R_POLICY
     # RFC 3776 §4.2: the return-routability SA carries Home Test Init (HoT
     # at the MN) and nothing else; where a node has one, that message may
@@ -1181,8 +1181,9 @@ cdef class Engine:
                 sa = &self.t.sas[s]
                 if (not sa.esn and sa.mode == MODE_TUNNEL
                         and opens_alone(self.crypto.backend, sa.keys)):
-                    # The run, with the job of its first packet if it made one
-                    # (that packet is then finished in the run: in packet order).
+                    # The run, with the job of its first packet if it made one:
+                    # that packet is finished in the run (in packet order), so
+                    # the job is not kept for pass 3 (nj stays where it was).
                     i += self._decap_gcm_run(b, i, s, sa, &self.t.hot[s], st.spi,
                                              &self.jobs[nj] if st.nj > nj else NULL)
                     continue
@@ -1337,8 +1338,10 @@ cdef class Engine:
     cdef void _finish_in(self, Batch b, int nj) noexcept nogil:
         """Pass 3, in packet order: ICV verdict, padding, replay commit, inner
         packet checks. Runs of one SA take its replay lock once and add to its
-        counters once. The jobs pass 2 left unopened (opens_alone) are opened
-        here, within a run one packet ahead of the packet being finished: the
+        counters once. The jobs pass 2 left unopened (opens_alone: AES-GCM on
+        ipsec-mb with ESN or in transport mode; the rest of AES-GCM there is
+        finished by _decap_gcm_run) are opened here, within a run one packet
+        ahead of the packet being finished: the
         checks then read a trailer whose decrypted bytes have long left the
         store buffer, while opening them all first would leave the batch's
         headers and trailers cold (measured, AES-GCM at 64 bytes: 3-4 ns a
@@ -1354,7 +1357,7 @@ cdef class Engine:
         cdef uint8_t *c_verdict = b.c_verdict
         cdef uint8_t *data = b.c_data
         cdef Py_ssize_t ss = b.slot_size
-        cdef int src = 8 if t.role == ROLE_HA else 24
+        cdef int hoa_at = 8 if t.role == ROLE_HA else 24
         cdef uint8_t rr_type = 1 if t.role == ROLE_HA else 3    # HoTI in / HoT in
         cdef int rr_rule = 0
         cdef int k, i, r, ok = 0
@@ -1409,7 +1412,7 @@ cdef class Engine:
                     pk += 1
                     by += <uint64_t>plen
                 continue
-            r = tunnel_reason(j, plen, nxt, hi, lo, src, rr_rule, rr_type)
+            r = tunnel_reason(j, plen, nxt, hi, lo, hoa_at, rr_rule, rr_type)
             if r != R_NONE:
                 self._verdict(b, i, V_DROP, r, s)
                 continue
@@ -1430,9 +1433,10 @@ cdef class Engine:
                             uint32_t spi, fp_job *first) noexcept nogil:
         """Passes 1 to 3 at once for packets i, i+1, ... while each is the
         common case of a run (run_ct_len) on an SA whose jobs open alone
-        (AES-GCM on intel-ipsec-mb), at most LOCK_HOLD_MAX of them; first:
-        the job of the packet before them, or NULL. Returns how many packets
-        it took. Under the SA's lock, as a pipeline: packet k is checked
+        (AES-GCM on intel-ipsec-mb); first: the job of the packet before
+        them, or NULL. Returns how many packets it took after first, which
+        with first are at most LOCK_HOLD_MAX. As a pipeline, under the SA's
+        lock (taken only once there is a packet): packet k is checked
         against the window as it stands and framed while packet k - 1 is
         opened and packet k - 2 finished (why: docs/engine-semantics.md,
         Batches)."""
@@ -1441,65 +1445,70 @@ cdef class Engine:
         cdef int32_t *c_len = b.c_len
         cdef fp_keys *kk = sa.keys
         cdef run_shape rs
-        cdef int k = 0, count = b.count, ok = 0, x = 0, r
+        cdef int k = 0, count = b.count, ok = 0, ring = 0, r
+        cdef int limit = LOCK_HOLD_MAX - (1 if first != NULL else 0)
         cdef int32_t n, off, ct_len, plen
         cdef uint8_t *p
         cdef uint8_t nxt
         cdef uint64_t seq, pk = 0, by = 0
         cdef uint64_t hi = fp_ld_u64(sa.hoa), lo = fp_ld_u64(sa.hoa + 8)
-        cdef int src = 8 if t.role == ROLE_HA else 24
+        cdef int hoa_at = 8 if t.role == ROLE_HA else 24
         cdef uint8_t rr_type = 1 if t.role == ROLE_HA else 3
         cdef int rr_rule = rr_rule_of(t, sa)
         cdef fp_mb_mgr *mb = self.crypto.mb
         cdef void *gcm_ctx = self.crypto.gcm_ctx
-        cdef fp_job jb[3]                # a ring: framed, opened, being finished
-        cdef fp_job *fr = first          # framed, to be opened
-        cdef fp_job *op = NULL           # opened, to be finished
-        cdef fp_job *nf
-        cdef bint more = True
+        cdef fp_job jobs[3]              # a ring: just framed, to open, to finish
+        cdef fp_job *framed
+        cdef fp_job *to_open = first
+        cdef fp_job *to_finish = NULL
+        cdef bint taking = True, locked = False
         run_shape_init(&rs, b, kk)
-        if self.lock_sleeps:
-            fp_spin_lock_or_sleep(&hot.lock)     # see Engine.lock_sleeps
-        else:
-            fp_spin_lock(&hot.lock)
         while True:
-            nf = NULL
-            if more and i < count and k < LOCK_HOLD_MAX:
-                more = False
+            framed = NULL
+            if taking and i < count and k < limit:
+                taking = False
                 off = c_off[i]
                 n = c_len[i]
                 p = b.c_data + i * rs.ss + off
                 ct_len = run_ct_len(&rs, p, off, n, spi)
                 seq = fp_ld_be32(p + 44) if ct_len >= 0 else 0
-                if ct_len >= 0 and replay_fresh(sa, hot.seq, seq):
-                    nf = &jb[x]
-                    x = 0 if x == 2 else x + 1
-                    nf.slot = i
-                    nf.sa = s
-                    nf.esp_off = 40
-                    esp_frame_in(nf, kk, p + 40, ct_len, seq, False)
+                if ct_len >= 0 and replay_fresh(sa, fp_load_acq_u64(&hot.seq), seq):
+                    framed = &jobs[ring]
+                    ring = 0 if ring == 2 else ring + 1
+                    framed.slot = i
+                    framed.sa = s
+                    framed.esp_off = 40
+                    esp_frame_in(framed, kk, p + 40, ct_len, seq, False)
                     c_off[i] = off + rs.hin
                     i += 1
                     k += 1
-                    more = True
-            if fr != NULL:
-                mb_gcm_open(mb, gcm_ctx, fr)
-            if op != NULL:
-                r = open_reason(op, sa, hot, &plen, &nxt)
-                if r == R_NONE:
-                    r = tunnel_reason(op, plen, nxt, hi, lo, src, rr_rule, rr_type)
-                if r != R_NONE:
-                    self._verdict(b, op.slot, V_DROP, r, s)
+                    taking = True
+            if not locked:
+                if to_open == NULL and framed == NULL:
+                    return 0                 # no run after all: no lock taken
+                if self.lock_sleeps:
+                    fp_spin_lock_or_sleep(&hot.lock)     # see Engine.lock_sleeps
                 else:
-                    c_len[op.slot] = plen       # (offset: set when framed)
-                    b.c_sa[op.slot] = s
-                    b.c_verdict[op.slot] = V_TO_HOME
+                    fp_spin_lock(&hot.lock)
+                locked = True
+            if to_open != NULL:
+                mb_gcm_open(mb, gcm_ctx, to_open)
+            if to_finish != NULL:
+                r = open_reason(to_finish, sa, hot, &plen, &nxt)
+                if r == R_NONE:
+                    r = tunnel_reason(to_finish, plen, nxt, hi, lo, hoa_at, rr_rule, rr_type)
+                if r != R_NONE:
+                    self._verdict(b, to_finish.slot, V_DROP, r, s)
+                else:
+                    c_len[to_finish.slot] = plen    # (offset: set when framed)
+                    b.c_sa[to_finish.slot] = s
+                    b.c_verdict[to_finish.slot] = V_TO_HOME
                     ok += 1
                     pk += 1
                     by += <uint64_t>plen
-            op = fr
-            fr = nf
-            if op == NULL and fr == NULL:
+            to_finish = to_open
+            to_open = framed
+            if to_finish == NULL and to_open == NULL:
                 break
         fp_spin_unlock(&hot.lock)
         if pk:

@@ -260,11 +260,13 @@ class RefEngine:
     def decap(self, packets: list[bytes]) -> list[Result]:
         """Wire side → home side (or the control plane), as one batch.
 
-        Like the compiled engine, a batch takes two passes: every ESP packet
-        is pre-checked (ESN inference, replay window) against the window as
-        it stood when the batch began; then, in order, each is opened and
-        committed, and the commit checks the window again. A second copy of
-        a packet within one batch is therefore a replay at commit time."""
+        Two passes: every ESP packet is pre-checked (ESN inference, replay
+        window) against the window as it stood when the batch began; then, in
+        order, each is checked against the window again, opened and
+        committed. A second copy of a number within one batch is therefore a
+        replay, whatever else is wrong with it. (The compiled engine gives
+        the same verdicts; its AES-GCM runs pre-check against the window as
+        it stands, which rejects only what the second check would.)"""
         staged = [self._decap_one(bytes(p)) for p in packets]
         return [s() if callable(s) else s for s in staged]
 
