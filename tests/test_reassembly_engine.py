@@ -213,17 +213,20 @@ def test_control_plane_other_punts_are_unchanged():
 
 
 # -- the control engine and a worker's on one SA --------------------------------------------
-def test_control_and_worker_engines_share_an_sa_replay_window():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_control_and_worker_engines_share_an_sa_replay_window(backend):
     """Both threads open every packet of one SA, batch by batch at the same
     time, the GIL released inside decap(): each sequence number must be accepted by
     exactly one of them (the per-SA replay lock; the control engine's
-    lock_sleeps variant included), the other copy being a replay."""
+    lock_sleeps variant included), the other copy being a replay. On
+    ipsec-mb the packets take _decap_gcm_run: pre-checked without the lock,
+    committed under it."""
     import threading
-    topo = make_topo("aes128gcm16", window=1024)
+    topo = make_topo("aes128gcm16", window=1024, backend=backend)
     n, size = 16000, 64
     pkts = [esp_tunnel(topo, size=100, seq=s)[1] for s in range(1, n + 1)]
-    worker = Engine(topo.sad, "openssl", max_batch=size)
-    control = Engine(topo.sad, "openssl", max_batch=size)
+    worker = Engine(topo.sad, backend, max_batch=size)
+    control = Engine(topo.sad, backend, max_batch=size)
     control.lock_sleeps = True
     got = {}
     together = threading.Barrier(2)      # both on the same batch at once: contention
