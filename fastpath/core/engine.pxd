@@ -126,6 +126,7 @@ cdef class Engine:
     cdef void _classify_in(self, Batch b, fp_in_state *st) noexcept nogil
     cdef void _classify_in_one(self, Batch b, int i, uint8_t *p, int32_t n,
                                fp_in_state *st) noexcept nogil
+    cdef inline void _lock_sa(self, fp_sa_hot *hot) noexcept nogil
     cdef void _finish_in(self, Batch b, int nj) noexcept nogil
     cdef int _decap_gcm_run(self, Batch b, int i, int32_t s, fp_sa *sa, fp_sa_hot *hot,
                             uint32_t spi, fp_job *first) noexcept nogil

@@ -188,6 +188,14 @@ cdef inline int tunnel_reason(fp_job *j, int32_t plen, uint8_t nxt, uint64_t hi,
     return R_NONE
 
 
+cdef inline void unlock_and_count(fp_sa_hot *hot, uint64_t pk, uint64_t by) noexcept nogil:
+    """End of a run of one SA's inbound packets: let its lock go, then add
+    what the run accepted to its counters (one atomic add each)."""
+    fp_spin_unlock(&hot.lock)
+    if pk:
+        fp_add_u64(&hot.packets, pk)
+        fp_add_u64(&hot.bytes, by)
+
 cdef bint no_error_about(const uint8_t *p, int32_t n) noexcept nogil:
     """RFC 4443 §2.4 (e): no ICMPv6 error about an ICMPv6 error (found
     behind hop-by-hop, routing and destination-options headers, a first
@@ -1334,6 +1342,12 @@ cdef class Engine:
         self._verdict(b, i, V_PUNT, R_NONE, -1)
         b.c_reason[i] = R_NO_BINDING
 
+    cdef inline void _lock_sa(self, fp_sa_hot *hot) noexcept nogil:
+        if self.lock_sleeps:
+            fp_spin_lock_or_sleep(&hot.lock)     # see Engine.lock_sleeps
+        else:
+            fp_spin_lock(&hot.lock)
+
     cdef void _finish_in(self, Batch b, int nj) noexcept nogil:
         """Pass 3, in packet order: ICV verdict, padding, replay commit, inner
         packet checks. Runs of one SA take its replay lock once and add to its
@@ -1376,10 +1390,7 @@ cdef class Engine:
             s = j.sa
             if s != cur or held == LOCK_HOLD_MAX:
                 if cur >= 0:
-                    fp_spin_unlock(&hot.lock)
-                    if pk:
-                        fp_add_u64(&hot.packets, pk)
-                        fp_add_u64(&hot.bytes, by)
+                    unlock_and_count(hot, pk, by)
                 cur = s
                 sa = &t.sas[s]
                 hot = &t.hot[s]
@@ -1389,10 +1400,7 @@ cdef class Engine:
                 pk = 0
                 by = 0
                 held = 0
-                if self.lock_sleeps:
-                    fp_spin_lock_or_sleep(&hot.lock)     # see Engine.lock_sleeps
-                else:
-                    fp_spin_lock(&hot.lock)
+                self._lock_sa(hot)
             held += 1
             if not ahead and opens_alone(backend, j.keys):
                 mb_gcm_open(mb, gcm_ctx, j)
@@ -1422,10 +1430,7 @@ cdef class Engine:
             pk += 1
             by += <uint64_t>plen
         if cur >= 0:
-            fp_spin_unlock(&hot.lock)
-            if pk:
-                fp_add_u64(&hot.packets, pk)
-                fp_add_u64(&hot.bytes, by)
+            unlock_and_count(hot, pk, by)
         self.verdicts[V_TO_HOME] += ok
 
     cdef int _decap_gcm_run(self, Batch b, int i, int32_t s, fp_sa *sa, fp_sa_hot *hot,
@@ -1444,7 +1449,7 @@ cdef class Engine:
         cdef int32_t *c_len = b.c_len
         cdef fp_keys *kk = sa.keys
         cdef run_shape rs
-        cdef int k = 0, count = b.count, ok = 0, ring = 0, r
+        cdef int k = 0, count = b.count, ring = 0, r
         cdef int limit = LOCK_HOLD_MAX - (1 if first != NULL else 0)
         cdef int32_t n, off, ct_len, plen
         cdef uint8_t *p
@@ -1485,10 +1490,7 @@ cdef class Engine:
             if not locked:
                 if to_open == NULL and framed == NULL:
                     return 0                 # no run after all: no lock taken
-                if self.lock_sleeps:
-                    fp_spin_lock_or_sleep(&hot.lock)     # see Engine.lock_sleeps
-                else:
-                    fp_spin_lock(&hot.lock)
+                self._lock_sa(hot)
                 locked = True
             if to_open != NULL:
                 mb_gcm_open(mb, gcm_ctx, to_open)
@@ -1502,18 +1504,14 @@ cdef class Engine:
                     c_len[to_finish.slot] = plen    # (offset: set when framed)
                     b.c_sa[to_finish.slot] = s
                     b.c_verdict[to_finish.slot] = V_TO_HOME
-                    ok += 1
                     pk += 1
                     by += <uint64_t>plen
             to_finish = to_open
             to_open = framed
             if to_finish == NULL and to_open == NULL:
                 break
-        fp_spin_unlock(&hot.lock)
-        if pk:
-            fp_add_u64(&hot.packets, pk)
-            fp_add_u64(&hot.bytes, by)
-        self.verdicts[V_TO_HOME] += ok
+        unlock_and_count(hot, pk, by)
+        self.verdicts[V_TO_HOME] += pk
         return k
 
     cdef void _plain(self, Batch b, int i, uint8_t *p, int32_t n, int32_t off) noexcept nogil:
