@@ -841,7 +841,7 @@ cdef class Engine:
         cdef bint ha = t.role == ROLE_HA
         cdef const uint8_t *a = p + (24 if ha else 8)
         cdef int32_t m, s, r, mtu, tel
-        cdef fp_keys *kk
+        cdef fp_sa *sa
         cdef fp_mn *mn
         cdef fp_job *j
         if not st.cached or not fp_eq128(a, st.hi, st.lo):
@@ -877,8 +877,8 @@ cdef class Engine:
             if s < 0:
                 st.fit = mtu - 40
             else:
-                kk = t.sas[s].keys
-                st.fit = ((mtu - 48 - kk.iv_len - kk.icv_len) & ~(kk.align - 1)) - 2
+                sa = &t.sas[s]
+                st.fit = ((mtu - sa.esp_ovh) & ~(sa.esp_align - 1)) - 2
                 for r in range(st.nruns):
                     if st.runs[r].sa == s:
                         st.run = r

@@ -7,7 +7,7 @@
 # CoA and the prebuilt outer IPv6 header. Moving a binding publishes a new
 # endpoint index with one release-store; workers acquire-load it once per
 # packet, so they see the old or the new record, never a mix.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcmp, memcpy
 from fastpath.core.esp cimport fp_keys
 from fastpath.core.includes.atomic cimport fp_load_acq_i32
@@ -52,6 +52,9 @@ cdef struct fp_sa:
     uint64_t *bitmap
     int32_t mn
     uint8_t hoa[16]
+    uint16_t esp_ovh      # tunnel-mode ESP bytes besides payload and padding: 48 + IV + ICV
+    uint16_t esp_align    # the cipher's padding alignment. Both copied from keys: encap
+                          # sizes packets without a cache miss on the keys
     fp_keys *keys
 
 cdef struct fp_mn:

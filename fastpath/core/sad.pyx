@@ -257,6 +257,8 @@ cdef class SADatabase:
         sa.esn = esn
         sa.mn = m
         memcpy(sa.hoa, <const uint8_t *>h, 16)
+        sa.esp_ovh = 48 + algorithm.iv_len + algorithm.icv_len
+        sa.esp_align = algorithm.align
         if d == DIR_IN and replay_window > 0:
             sa.window = replay_window
             sa.nbits = _pow2_at_least(replay_window if replay_window > 64 else 64)
