@@ -31,13 +31,13 @@ cdef enum:
     RND_BYTES = 16384       # CBC IVs drawn in bulk
 
 
-cdef enum:
-    SEQ_RUNS = 8        # distinct SAs reserved per batch; more fall back to one by one
-
+# One SA's sequence-number reservation in a batch (encap): every SA the batch
+# sends on has one, so that numbers are taken with one atomic per SA per batch.
 cdef struct fp_seq_run:
     int32_t sa          # the SA
     int32_t ep          # endpoint read when the run began: all its packets use it
     uint32_t want       # its packets in this batch
+    uint32_t at         # its slot in fp_out_state.run_at
     uint64_t next       # next number granted to it
     uint64_t end        # one past the last granted
     uint64_t pk         # its packets framed, and their bytes (counted once sealed)
@@ -53,12 +53,14 @@ cdef struct fp_out_state:
     int32_t rr
     int32_t cur         # the SA whose fit and run are below
     int32_t fit         # largest inner packet that fits the MTU on it
-    int32_t run         # its sequence-number reservation, -1: none (one by one)
+    int32_t run         # its sequence-number reservation
     bint cached
-    bint fast           # cached MN, bound, no RR SA, ESP payload SA with a reservation
+    bint fast           # cached MN, bound, no RR SA, ESP payload SA
     int nruns
     int nj
-    fp_seq_run runs[SEQ_RUNS]
+    fp_seq_run *runs    # the engine's, one per job at most
+    int32_t *run_at     # SA -> run: open addressing, -1 = empty (empty again after pass 1)
+    uint32_t run_mask
 
 # decap classification state of one batch: the SA of the previous ESP packet.
 cdef struct fp_in_state:
@@ -86,6 +88,9 @@ cdef class Engine:
     cdef int max_jobs
     cdef fp_job *jobs
     cdef fp_binding_rec *bindings
+    cdef fp_seq_run *runs               # encap's reservations (fp_out_state)
+    cdef int32_t *run_at
+    cdef uint32_t run_mask
     cdef int n_bindings
     cdef uint8_t *rnd
     cdef int rnd_pos
@@ -100,6 +105,7 @@ cdef class Engine:
 
 
     cdef int _reserve(self, Batch b) except -1
+    cdef int _per_batch_alloc(self, int n) except -1
     cdef void epoch_enter(self) noexcept nogil
     cdef void epoch_leave(self) noexcept nogil
     cdef void run_encap(self, Batch b) noexcept nogil

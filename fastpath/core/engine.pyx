@@ -60,6 +60,31 @@ cdef extern from "<stdlib.h>" nogil:
     void *aligned_alloc(size_t alignment, size_t size)
 
 
+cdef inline int32_t run_of(fp_out_state *st, int32_t s) noexcept nogil:
+    """SA s's reservation run in this batch, begun (with the endpoint just
+    read, st.e) at its first packet. O(1): st.run_at maps SAs to runs (the
+    odd multiplier spreads neighbouring SA indices over the table)."""
+    cdef uint32_t i = (<uint32_t>s * <uint32_t>0x9E3779B1) & st.run_mask
+    cdef int32_t r
+    cdef fp_seq_run *rn
+    while True:
+        r = st.run_at[i]
+        if r < 0:
+            break
+        if st.runs[r].sa == s:
+            return r
+        i = (i + 1) & st.run_mask
+    r = st.nruns
+    st.nruns += 1
+    st.run_at[i] = r
+    rn = &st.runs[r]
+    rn.sa = s
+    rn.ep = st.e
+    rn.want = 0
+    rn.at = i
+    return r
+
+
 cdef fp_job *_jobs_alloc(int n) noexcept nogil:
     """A zeroed job array on cache-line boundaries (a job is three lines)."""
     cdef size_t sz = ((<size_t>(n if n > 0 else 1) * sizeof(fp_job)) + 63) & ~(<size_t>63)
@@ -430,11 +455,9 @@ cdef class Engine:
         self.t = &sad.t
         self.backend = backend
         self.crypto = CryptoWorker(sad.t.cap_sas, backend)
-        self.max_jobs = max_batch
-        self.jobs = _jobs_alloc(max_batch)
-        self.bindings = <fp_binding_rec *>calloc(max_batch, sizeof(fp_binding_rec))
+        self._per_batch_alloc(max_batch)
         self.rnd = <uint8_t *>malloc(RND_BYTES)
-        if self.jobs == NULL or self.bindings == NULL or self.rnd == NULL:
+        if self.rnd == NULL:
             raise MemoryError()
         self.rnd_pos = RND_BYTES
         self.icmp_error_rate = 100.0
@@ -447,20 +470,36 @@ cdef class Engine:
             self.sad.unregister_worker(self.worker)
         free(self.jobs)
         free(self.bindings)
+        free(self.runs)
+        free(self.run_at)
         free(self.rnd)
 
     cdef int _reserve(self, Batch b) except -1:
         if b.count < 0 or b.count > b.capacity:
             raise ValueError(f"batch count {b.count} outside 0..{b.capacity}")
         if b.count > self.max_jobs:
-            free(self.jobs)
-            free(self.bindings)
-            self.jobs = _jobs_alloc(b.count)
-            self.bindings = <fp_binding_rec *>calloc(b.count, sizeof(fp_binding_rec))
-            if self.jobs == NULL or self.bindings == NULL:
-                self.max_jobs = 0
-                raise MemoryError()
-            self.max_jobs = b.count
+            self._per_batch_alloc(b.count)
+        return 0
+
+    cdef int _per_batch_alloc(self, int n) except -1:
+        """The work arrays for batches of up to n packets: jobs, bindings, and
+        encap's reservation runs with their SA -> run table (at least twice
+        as many slots as runs, all empty)."""
+        cdef uint32_t slots = pow2_at_least(2 * <uint64_t>(n if n > 0 else 1))
+        free(self.jobs)
+        free(self.bindings)
+        free(self.runs)
+        free(self.run_at)
+        self.max_jobs = 0
+        self.jobs = _jobs_alloc(n)
+        self.bindings = <fp_binding_rec *>calloc(n if n > 0 else 1, sizeof(fp_binding_rec))
+        self.runs = <fp_seq_run *>calloc(n if n > 0 else 1, sizeof(fp_seq_run))
+        self.run_at = <int32_t *>malloc(slots * sizeof(int32_t))
+        if self.jobs == NULL or self.bindings == NULL or self.runs == NULL or self.run_at == NULL:
+            raise MemoryError()
+        memset(self.run_at, 0xFF, slots * sizeof(int32_t))
+        self.run_mask = slots - 1
+        self.max_jobs = n
         return 0
 
     # -- entry points -------------------------------------------------------
@@ -757,6 +796,9 @@ cdef class Engine:
         st.run = -1
         st.nruns = 0
         st.nj = 0
+        st.runs = self.runs
+        st.run_at = self.run_at
+        st.run_mask = self.run_mask
         # Fail closed: a packet leaves only once it has been framed (ESP,
         # sealed: _count_out drops a job that failed) or tunnelled in the clear.
         memset(b.c_verdict, V_DROP, b.count)
@@ -787,7 +829,7 @@ cdef class Engine:
         cdef Py_ssize_t ss = b.slot_size
         cdef int64_t lim = b.slot_size - TAILROOM
         cdef int dst = 24 if self.t.role == ROLE_HA else 8
-        cdef int i, nj = st.nj
+        cdef int i, r, nj = st.nj
         cdef int32_t n, off
         cdef uint8_t *p
         cdef fp_job *j
@@ -832,6 +874,8 @@ cdef class Engine:
         if want:
             st.runs[run].want += want
         st.nj = nj
+        for r in range(st.nruns):                # the SA -> run table, empty again
+            st.run_at[st.runs[r].at] = -1
 
     cdef void _classify_one(self, Batch b, int i, uint8_t *p, int32_t n,
                             fp_out_state *st) noexcept nogil:
@@ -840,7 +884,7 @@ cdef class Engine:
         cdef fp_sad *t = self.t
         cdef bint ha = t.role == ROLE_HA
         cdef const uint8_t *a = p + (24 if ha else 8)
-        cdef int32_t m, s, r, mtu, tel
+        cdef int32_t m, s, mtu, tel
         cdef fp_sa *sa
         cdef fp_mn *mn
         cdef fp_job *j
@@ -879,17 +923,8 @@ cdef class Engine:
             else:
                 sa = &t.sas[s]
                 st.fit = ((mtu - sa.esp_ovh) & ~(sa.esp_align - 1)) - 2
-                for r in range(st.nruns):
-                    if st.runs[r].sa == s:
-                        st.run = r
-                        break
-                if st.run < 0 and st.nruns < SEQ_RUNS:
-                    st.run = st.nruns
-                    st.runs[st.run].sa = s
-                    st.runs[st.run].ep = st.e
-                    st.runs[st.run].want = 0
-                    st.nruns += 1
-        st.fast = st.rr < 0 and s >= 0 and st.run >= 0
+                st.run = run_of(st, s)
+        st.fast = st.rr < 0 and s >= 0
         # RFC 2473 §4.1.1: a packet whose Tunnel Encapsulation Limit is 0
         # may not enter another tunnel, ours of either kind. (A limit above 0
         # goes on in a plain tunnel's header; ESP tunnel mode keeps RFC 3776
@@ -919,12 +954,10 @@ cdef class Engine:
         st.nj += 1
         j.slot = i
         j.sa = s
-        j.ep = st.e
         j.plen = n
         j.ct = p
         j.run = st.run
-        if st.run >= 0:
-            st.runs[st.run].want += 1
+        st.runs[st.run].want += 1
 
     cdef void _plain_out(self, Batch b, int i, uint8_t *p, int32_t n,
                          fp_out_state *st, int32_t tel) noexcept nogil:
@@ -977,7 +1010,7 @@ cdef class Engine:
         cdef int32_t *c_len = b.c_len
         cdef int32_t *c_sa = b.c_sa
         cdef uint8_t *c_verdict = b.c_verdict
-        cdef bint fixed = self.fixed_ivs, per_packet = False, esn = False
+        cdef bint fixed = self.fixed_ivs, esn = False
         cdef int k, r, w = 0, cur = -1, kind = 0, nj = st.nj
         cdef int32_t i, s, hl = 0, esp_len
         cdef uint32_t spi = 0
@@ -1015,25 +1048,18 @@ cdef class Engine:
                     rn.pk = pk
                     rn.by = by
                 s = j.sa
-                if r >= 0:
-                    rn = &st.runs[r]
-                    nxt = rn.next
-                    end = rn.end
-                    pk = rn.pk
-                    by = rn.by
-                    seq = 0
-                    if nxt != end:
-                        seq = nxt
-                        nxt += 1
-                        pk += 1
-                        by += <uint64_t>j.plen
-                    tmpl = t.eps[rn.ep].hdr
-                else:
-                    per_packet = True             # more SAs than reservations
-                    nxt = 0
-                    end = 0
-                    seq = fp_next_seq(&t.hot[s].seq, fp_load_u64(&t.hot[s].seq_limit))
-                    tmpl = t.eps[j.ep].hdr
+                rn = &st.runs[r]
+                nxt = rn.next
+                end = rn.end
+                pk = rn.pk
+                by = rn.by
+                seq = 0
+                if nxt != end:
+                    seq = nxt
+                    nxt += 1
+                    pk += 1
+                    by += <uint64_t>j.plen
+                tmpl = t.eps[rn.ep].hdr
                 cur = r
                 sa = &t.sas[s]
                 kk = sa.keys
@@ -1070,7 +1096,7 @@ cdef class Engine:
             # The rest of a GCM run (no ESN, IV = sequence number: the
             # common case) goes through a loop of its own, whose few
             # variables stay in registers.
-            if kind == KIND_GCM and not esn and not fixed and w == k and r == cur and r >= 0:
+            if kind == KIND_GCM and not esn and not fixed and w == k and r == cur:
                 rn = &st.runs[r]
                 rn.next = nxt
                 rn.pk = pk
@@ -1087,7 +1113,7 @@ cdef class Engine:
             rn.by = by
         if w == 0:
             return
-        if self.crypto.seal(jobs, w) != 0 or per_packet:
+        if self.crypto.seal(jobs, w) != 0:
             self._count_out(b, w)
             return
         # Every packet sealed: SA counters once per reservation run.

@@ -83,10 +83,9 @@ cdef struct fp_job:
     int32_t run         # encap: index in the batch's sequence-number reservations
     uint64_t seq        # decap
     uint8_t tag[32]     # ICV as computed (decap; encap with ESN)
-    # -- third line: HMAC, ESN, transport mode, encap without a reservation
+    # -- third line: HMAC, ESN, transport mode
     uint8_t *tag_out    # encap, HMAC: where the ICV is computed (icv, or tag with ESN)
     uint32_t auth_len   # bytes the ICV covers from esp (includes ESN seq_hi)
-    int32_t ep          # encap: endpoint record read for this packet (no reservation)
     int32_t esp_off     # offset of the ESP header in the packet
     int32_t nh_pos      # offset of the next-header byte that names ESP
     const uint8_t *hoa  # Home Address option's address, if any
