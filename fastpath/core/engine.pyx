@@ -623,7 +623,7 @@ cdef class Engine:
         if reason:
             self.drops[reason] += 1
             if sa >= 0:
-                fp_add_u64(&self.t.hot[sa].drops[reason], 1)
+                fp_add_u64(&self.t.drops[sa].n[reason], 1)
 
     cdef const uint8_t *_iv(self, Batch b, int i) noexcept nogil:
         """A CBC IV: unpredictable, drawn from a bulk RAND_bytes buffer."""
@@ -708,7 +708,7 @@ cdef class Engine:
         sa = &self.t.sas[s]
         seq = fp_next_seq(&self.t.hot[s].seq, fp_load_u64(&self.t.hot[s].seq_limit))
         if seq == 0:
-            fp_add_u64(&self.t.hot[s].drops[R_SEQ_EXHAUSTED], 1)
+            fp_add_u64(&self.t.drops[s].n[R_SEQ_EXHAUSTED], 1)
             return None
         buf = bytearray(HEADROOM + 64 + len(mh) + TAILROOM)
         q = <uint8_t *>(<char *>buf)

@@ -1,8 +1,9 @@
 # The Security Association Database and binding table, as C structs.
 #
 # One table holds every SA. Each SA has a cold record (keys, selectors,
-# config: read-only once added) and a hot record on its own cache lines
-# (sequence counter, replay state, counters: written per packet). Mobile
+# config: read-only once added), a hot record on a cache line of its own
+# (sequence counter, replay lock, packet and byte counters: written per
+# packet) and its drop counters, apart (written per drop). Mobile
 # nodes point at their SAs and at an *endpoint*: an immutable record with the
 # CoA and the prebuilt outer IPv6 header. Moving a binding publishes a new
 # endpoint index with one release-store; workers acquire-load it once per
@@ -32,14 +33,19 @@ cdef struct fp_endpoint:
     int32_t next_free     # free-list link, control thread only
     int32_t mtu           # path MTU toward the CoA: the configured MTU unless a PTB said less
 
+# One cache line of the 64-byte aligned array: all a packet changes of its
+# SA, on a line no other SA shares (workers write different SAs at once).
 cdef struct fp_sa_hot:
     uint64_t seq          # out: last sequence number used; in: highest accepted (T)
     uint64_t seq_limit    # out: highest number this process may use (crash-safe reservation)
     uint64_t packets
     uint64_t bytes
-    uint64_t drops[N_REASONS]
     int32_t lock          # guards the replay bitmap on commit
-    uint8_t _pad[4]
+    uint8_t _pad[28]
+
+# An SA's drop counters, by reason: written only when a packet is dropped.
+cdef struct fp_sa_drops:
+    uint64_t n[N_REASONS]
 
 cdef struct fp_sa:
     uint32_t spi
@@ -70,6 +76,7 @@ cdef struct fp_epoch:
 cdef struct fp_sad:
     fp_sa *sas
     fp_sa_hot *hot
+    fp_sa_drops *drops
     int32_t n_sas
     int32_t cap_sas
     fp_mn *mns

@@ -115,7 +115,9 @@ cdef class SADatabase:
         self.t.cap_sas = sa_capacity
         self.t.cap_mns = mn_capacity
         self.t.sas = <fp_sa *>calloc(sa_capacity, sizeof(fp_sa))
+        assert sizeof(fp_sa_hot) == 64         # one line: see fp_sa_hot
         self.t.hot = <fp_sa_hot *>_aligned_zero(sa_capacity * sizeof(fp_sa_hot))
+        self.t.drops = <fp_sa_drops *>calloc(sa_capacity, sizeof(fp_sa_drops))
         self.t.mns = <fp_mn *>calloc(mn_capacity, sizeof(fp_mn))
         self.t.spi_mask = pow2_at_least(2 * sa_capacity) - 1
         self.t.spi_keys = <uint32_t *>calloc(self.t.spi_mask + 1, sizeof(uint32_t))
@@ -125,8 +127,8 @@ cdef class SADatabase:
         self.t.cap_eps = 2 * mn_capacity + 64
         self.t.eps = <fp_endpoint *>_aligned_zero(self.t.cap_eps * sizeof(fp_endpoint))
         self.t.epochs = <fp_epoch *>_aligned_zero(MAX_WORKERS * sizeof(fp_epoch))
-        if (self.t.sas == NULL or self.t.mns == NULL or self.t.spi_keys == NULL
-                or self.t.spi_vals == NULL or self.t.mn_slots == NULL):
+        if (self.t.sas == NULL or self.t.drops == NULL or self.t.mns == NULL
+                or self.t.spi_keys == NULL or self.t.spi_vals == NULL or self.t.mn_slots == NULL):
             raise MemoryError()
         for i in range(self.t.mn_mask + 1):
             self.t.mn_slots[i] = -1
@@ -147,6 +149,7 @@ cdef class SADatabase:
             free(self.t.sas[i].bitmap)
         free(self.t.sas)
         free(self.t.hot)
+        free(self.t.drops)
         free(self.t.mns)
         free(self.t.spi_keys)
         free(self.t.spi_vals)
@@ -269,6 +272,7 @@ cdef class SADatabase:
         if rc != 0:
             raise MemoryError()
         memset(&self.t.hot[s], 0, sizeof(fp_sa_hot))
+        memset(&self.t.drops[s], 0, sizeof(fp_sa_drops))
         self.t.hot[s].seq_limit = <uint64_t>0xFFFFFFFFFFFFFFFF if esn else <uint64_t>0xFFFFFFFF
         self.t.n_sas += 1
         self.t.mns[m].sa[p][d] = s
@@ -490,6 +494,7 @@ cdef class SADatabase:
     def _sa_view(self, int i):
         cdef fp_sa *sa = &self.t.sas[i]
         cdef fp_sa_hot *h = &self.t.hot[i]
+        cdef uint64_t *drops = self.t.drops[i].n
         d = "in" if sa.direction == DIR_IN else "out"
         return {
             "index": i, "spi": sa.spi, "direction": d,
@@ -500,8 +505,8 @@ cdef class SADatabase:
             "sequence": fp_load_u64(&h.seq),
             "packets_" + d: fp_load_u64(&h.packets),
             "bytes_" + d: fp_load_u64(&h.bytes),
-            "drops": {REASON_NAMES[r]: fp_load_u64(&h.drops[r])
-                      for r in range(1, N_REASONS) if h.drops[r]},
+            "drops": {REASON_NAMES[r]: fp_load_u64(&drops[r])
+                      for r in range(1, N_REASONS) if fp_load_u64(&drops[r])},
         }
 
     def mobile_nodes(self):
