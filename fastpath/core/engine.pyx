@@ -1126,8 +1126,7 @@ cdef class Engine:
 
     cdef void _count_out(self, Batch b, int nj) noexcept nogil:
         """Verdicts and SA counters after sealing, one atomic add per run of
-        one SA: the slow path, when a seal failed or a batch spread over more
-        SAs than it reserved for."""
+        one SA: the slow path, when a seal failed (the job is dropped)."""
         cdef int k, ok = 0
         cdef int32_t cur = -1, i
         cdef uint64_t pk = 0, by = 0
