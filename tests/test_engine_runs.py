@@ -75,9 +75,9 @@ def test_encap_many_sas_match_reference(alg, backend):
 def test_encap_batches_over_hundreds_of_sas(backend):
     """Batches to up to 300 mobile nodes, one after another: every SA gets
     one reservation per batch, also when SAs share a slot of the SA -> run
-    table (600 SA indices over its 128 slots, an engine sized for 64), also
-    in a batch of 400 (the engine grows its work arrays), and the table is
-    empty again for the next batch. A packet given another SA's run would
+    table (64 of the 300 outbound SAs in a batch, over its 128 slots on an
+    engine sized for 64), also in a batch of 400 (the engine grows its work
+    arrays), and the table is empty again for the next batch. A packet given another SA's run would
     carry that SA's sequence numbers: its bytes would differ from the
     reference's."""
     n = 300
@@ -108,7 +108,7 @@ def test_decap_counters_over_hundreds_of_sas(alg, backend):
     table = build_table(alg, n, "random", ipsecmb=backend == "ipsecmb")
     eng = Engine(table.sad, backend=backend, max_batch=64)
     rnd = random.Random(13)
-    seq, want = {}, {}
+    seq, want, forged = {}, {}, {}
     iv = bytes(16) if get(alg).iv_len == 16 else None
     for size in (64, 400, 64):
         mns = [rnd.randrange(n) for _ in range(size // 2)]
@@ -120,15 +120,17 @@ def test_decap_counters_over_hundreds_of_sas(alg, backend):
             esp = table.mn_sa(m, "in").seal(seq[m], inner, 41, iv)
             if k % 7 == 6:                       # forged: dropped, not counted
                 esp = esp[:-1] + bytes([esp[-1] ^ 1])
+                forged[m] = forged.get(m, 0) + 1
             else:
                 pk, by = want.get(m, (0, 0))
                 want[m] = (pk + 1, by + len(inner))
             pkts.append(ipv6_header(table.coa(m), HA, 50, len(esp)) + esp)
         b = load_batch(pkts, 2048)
         eng.decap(b)
-    got = {sa["spi"] - SPI_IN: (sa["packets_in"], sa["bytes_in"])
+    got = {sa["spi"] - SPI_IN: (sa["packets_in"], sa["bytes_in"], sa["drops"])
            for sa in table.sad.sas() if sa["direction"] == "in"}
-    assert got == {m: want.get(m, (0, 0)) for m in range(n)}
+    assert got == {m: want.get(m, (0, 0)) + ({"icv": forged[m]} if m in forged else {},)
+                   for m in range(n)}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -487,3 +489,31 @@ def test_gcm_keys_with_a_short_icv_are_refused(backend):
     with pytest.raises(ValueError, match="ICVs 16 bytes"):
         sad.add_sa(hoa, "payload", "in", SPI_IN, gcm8, *keys)
     assert sad.n_sas == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"backend": "bogus"}, {"max_batch": 0},
+                                    {"max_batch": 1 << 21}])
+def test_an_engine_that_fails_to_start_takes_no_worker_slot(kwargs):
+    """A refused Engine leaves the workers' grace-period slots as they were:
+    the next engine does not get the slot of one still running (two engines
+    on one slot would let an endpoint record be freed under one of them)."""
+    table = build_table("aes128gcm16", 2, "random", ipsecmb=False)
+    running = Engine(table.sad, backend="openssl", max_batch=8)
+    with pytest.raises((ValueError, RuntimeError)):
+        Engine(table.sad, **kwargs)
+    assert Engine(table.sad, backend="openssl", max_batch=8).worker != running.worker
+
+
+def test_bindings_survive_an_engine_growing_its_arrays():
+    """A Binding Update decapsulated but not yet taken is still there after
+    a larger batch made the engine grow its work arrays."""
+    from test_binding_swap import NEW, bu_msg, build_bu, check
+    from topo import make_topo
+    topo = make_topo("aes128gcm16", False, "openssl")
+    check(topo, "decap", [build_bu(topo, NEW, bu_msg(seq=7))])
+    big = Batch(1024, 2048)
+    big.count = 1000
+    topo.engine.encap(big)
+    taken = topo.engine.take_bindings()
+    assert len(taken) == 1
+    assert taken[0][1].purpose == "binding" and len(taken[0][1].packet) == 80

@@ -29,6 +29,7 @@ cdef enum:
     MAX_EXT_HEADERS = 8
     BINDING_MAX = 2048      # largest decapsulated BU/MH packet handed to the control plane
     RND_BYTES = 16384       # CBC IVs drawn in bulk
+    MAX_JOBS = 1 << 20      # the largest batch an engine takes
 
 
 # One SA's sequence-number reservation in a batch (encap): every SA the batch
@@ -58,9 +59,11 @@ cdef struct fp_out_state:
     bint fast           # cached MN, bound, no RR SA, ESP payload SA
     int nruns
     int nj
-    fp_seq_run *runs    # the engine's, one per job at most
+    fp_seq_run *runs    # the engine's, one per packet at most
     int32_t *run_at     # SA -> run: open addressing, -1 = empty (empty again after pass 1)
     uint32_t run_mask
+    uint32_t run_mul    # the engine's random odd multiplier, and the shift that takes
+    uint32_t run_shift  # the product's top bits: the slot of an SA
 
 # decap classification state of one batch: the SA of the previous ESP packet.
 cdef struct fp_in_state:
@@ -91,6 +94,8 @@ cdef class Engine:
     cdef fp_seq_run *runs               # encap's reservations (fp_out_state)
     cdef int32_t *run_at
     cdef uint32_t run_mask
+    cdef uint32_t run_mul
+    cdef uint32_t run_shift
     cdef int n_bindings
     cdef uint8_t *rnd
     cdef int rnd_pos

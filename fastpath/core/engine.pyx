@@ -62,9 +62,12 @@ cdef extern from "<stdlib.h>" nogil:
 
 cdef inline int32_t run_of(fp_out_state *st, int32_t s) noexcept nogil:
     """SA s's reservation run in this batch, begun (with the endpoint just
-    read, st.e) at its first packet. O(1): st.run_at maps SAs to runs (the
-    odd multiplier spreads neighbouring SA indices over the table)."""
-    cdef uint32_t i = (<uint32_t>s * <uint32_t>0x9E3779B1) & st.run_mask
+    read, st.e) at its first packet. st.run_at maps SAs to runs, at the top
+    bits of s times a random odd multiplier: SA indices that share their low
+    bits do not share a slot, and which ones do cannot be known from outside
+    (a sender choosing destinations could otherwise line them up in one
+    probe chain)."""
+    cdef uint32_t i = (<uint32_t>s * st.run_mul) >> st.run_shift
     cdef int32_t r
     cdef fp_seq_run *rn
     while True:
@@ -451,6 +454,7 @@ cdef class Engine:
         if backend == "ipsecmb" and not sad.ipsecmb_keys:
             raise RuntimeError("the ipsec-mb backend needs an SADatabase built with ipsecmb=True "
                                "on a build that links intel-ipsec-mb")
+        self.worker = -1                 # __dealloc__: no worker slot taken yet
         self.sad = sad
         self.t = &sad.t
         self.backend = backend
@@ -466,7 +470,7 @@ cdef class Engine:
         self.worker = sad.register_worker()
 
     def __dealloc__(self):
-        if self.sad is not None:
+        if self.sad is not None and self.worker >= 0:
             self.sad.unregister_worker(self.worker)
         free(self.jobs)
         free(self.bindings)
@@ -477,28 +481,51 @@ cdef class Engine:
     cdef int _reserve(self, Batch b) except -1:
         if b.count < 0 or b.count > b.capacity:
             raise ValueError(f"batch count {b.count} outside 0..{b.capacity}")
-        if b.count > self.max_jobs:
-            self._per_batch_alloc(b.count)
+        if b.capacity > self.max_jobs:      # by capacity: a worker reserves with empty batches
+            self._per_batch_alloc(b.capacity)
         return 0
 
     cdef int _per_batch_alloc(self, int n) except -1:
-        """The work arrays for batches of up to n packets: jobs, bindings, and
-        encap's reservation runs with their SA -> run table (at least twice
-        as many slots as runs, all empty)."""
-        cdef uint32_t slots = pow2_at_least(2 * <uint64_t>(n if n > 0 else 1))
+        """The work arrays for batches of up to n packets: jobs, bindings (the
+        ones not yet taken are kept), and encap's reservation runs with their
+        SA -> run table (at least twice as many slots as runs, all empty)."""
+        cdef uint32_t slots, bits = 1
+        cdef uint32_t mul
+        cdef fp_job *jobs
+        cdef fp_binding_rec *bindings
+        cdef fp_seq_run *runs
+        cdef int32_t *run_at
+        if n < 1 or n > MAX_JOBS:
+            raise ValueError(f"batch size {n} outside 1..{MAX_JOBS}")
+        slots = pow2_at_least(2 * <uint64_t>n)
+        while (<uint32_t>1 << bits) < slots:
+            bits += 1
+        if RAND_bytes(<unsigned char *>&mul, sizeof(mul)) != 1:
+            raise RuntimeError("RAND_bytes failed")
+        jobs = _jobs_alloc(n)
+        bindings = <fp_binding_rec *>calloc(n, sizeof(fp_binding_rec))
+        runs = <fp_seq_run *>calloc(n, sizeof(fp_seq_run))
+        run_at = <int32_t *>malloc(slots * sizeof(int32_t))
+        if jobs == NULL or bindings == NULL or runs == NULL or run_at == NULL:
+            free(jobs)
+            free(bindings)
+            free(runs)
+            free(run_at)
+            raise MemoryError()
+        if self.n_bindings:
+            memcpy(bindings, self.bindings, self.n_bindings * sizeof(fp_binding_rec))
         free(self.jobs)
         free(self.bindings)
         free(self.runs)
         free(self.run_at)
-        self.max_jobs = 0
-        self.jobs = _jobs_alloc(n)
-        self.bindings = <fp_binding_rec *>calloc(n if n > 0 else 1, sizeof(fp_binding_rec))
-        self.runs = <fp_seq_run *>calloc(n if n > 0 else 1, sizeof(fp_seq_run))
-        self.run_at = <int32_t *>malloc(slots * sizeof(int32_t))
-        if self.jobs == NULL or self.bindings == NULL or self.runs == NULL or self.run_at == NULL:
-            raise MemoryError()
+        self.jobs = jobs
+        self.bindings = bindings
+        self.runs = runs
+        self.run_at = run_at
         memset(self.run_at, 0xFF, slots * sizeof(int32_t))
         self.run_mask = slots - 1
+        self.run_mul = mul | 1
+        self.run_shift = 32 - bits
         self.max_jobs = n
         return 0
 
@@ -799,6 +826,8 @@ cdef class Engine:
         st.runs = self.runs
         st.run_at = self.run_at
         st.run_mask = self.run_mask
+        st.run_mul = self.run_mul
+        st.run_shift = self.run_shift
         # Fail closed: a packet leaves only once it has been framed (ESP,
         # sealed: _count_out drops a job that failed) or tunnelled in the clear.
         memset(b.c_verdict, V_DROP, b.count)
@@ -810,11 +839,15 @@ cdef class Engine:
         # 2. reserve sequence numbers: unique and gap-free across workers
         for r in range(st.nruns):
             rn = &st.runs[r]
+            rn.pk = 0
+            rn.by = 0
+            if rn.want == 0:                     # its packets were all dropped
+                rn.next = 0
+                rn.end = 0
+                continue
             rn.next = fp_next_seqs(&self.t.hot[rn.sa].seq, fp_load_u64(&self.t.hot[rn.sa].seq_limit),
                                    rn.want, &got)
             rn.end = rn.next + got
-            rn.pk = 0
-            rn.by = 0
         # 3. frame (dropping what got no number), seal, count
         self._frame_out(b, &st)
 

@@ -494,7 +494,13 @@ cdef class SADatabase:
     def _sa_view(self, int i):
         cdef fp_sa *sa = &self.t.sas[i]
         cdef fp_sa_hot *h = &self.t.hot[i]
-        cdef uint64_t *drops = self.t.drops[i].n
+        cdef uint64_t *n = self.t.drops[i].n
+        cdef uint64_t v
+        drops = {}
+        for r in range(1, N_REASONS):
+            v = fp_load_u64(&n[r])
+            if v:
+                drops[REASON_NAMES[r]] = v
         d = "in" if sa.direction == DIR_IN else "out"
         return {
             "index": i, "spi": sa.spi, "direction": d,
@@ -505,8 +511,7 @@ cdef class SADatabase:
             "sequence": fp_load_u64(&h.seq),
             "packets_" + d: fp_load_u64(&h.packets),
             "bytes_" + d: fp_load_u64(&h.bytes),
-            "drops": {REASON_NAMES[r]: fp_load_u64(&drops[r])
-                      for r in range(1, N_REASONS) if fp_load_u64(&drops[r])},
+            "drops": drops,
         }
 
     def mobile_nodes(self):
