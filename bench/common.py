@@ -211,11 +211,13 @@ class Timing:
     iterations: int
     seconds: float           # clock time of the timed chunks
     cpu_share: float | None = None   # clock time / wall time (cpu clock: < 1 = preempted)
+    samples: tuple = ()      # seconds per iteration of each chunk, in order
 
     def as_dict(self) -> dict:
         return {"per_iter_s": self.per_iter, "best_per_iter_s": self.best,
                 "spread": self.spread, "iterations": self.iterations,
-                "seconds": self.seconds, "cpu_share": self.cpu_share}
+                "seconds": self.seconds, "cpu_share": self.cpu_share,
+                "chunks_per_iter_s": list(self.samples)}
 
 
 def _timing(samples: list[float], n: int, wall: float | None = None,
@@ -224,7 +226,7 @@ def _timing(samples: list[float], n: int, wall: float | None = None,
     total = sum(samples) * n
     share = (clocked if clocked is not None else total) / wall if wall else None
     return Timing(med, min(samples), (max(samples) - min(samples)) / med if med else 0.0,
-                  n * len(samples), total, share)
+                  n * len(samples), total, share, tuple(samples))
 
 
 def measure(step: Step, seconds: float, chunks: int = 5) -> Timing:
@@ -259,6 +261,23 @@ def measure_interleaved(items, seconds: float, chunks: int = 10) -> dict:
     return {name: (_timing(a[name], n, wall, clocked),
                    _timing(b[name], n, wall, clocked) if base is not None else None)
             for name, _, base, n in plan}
+
+
+def paired_ratio(num: Timing, num_base: Timing | None, den: Timing,
+                 den_base: Timing | None) -> float | None:
+    """Median over the chunks of (num - num_base) / (den - den_base), each
+    chunk's figures taken side by side in one round of measure_interleaved:
+    a ratio that a host slowing down between rounds leaves alone (a ratio of
+    medians does not, when the slowdown catches more chunks of one of them).
+    None when a difference is not positive."""
+    out = []
+    for k in range(len(num.samples)):
+        a = num.samples[k] - (num_base.samples[k] if num_base else 0.0)
+        b = den.samples[k] - (den_base.samples[k] if den_base else 0.0)
+        if a <= 0 or b <= 0:
+            return None
+        out.append(a / b)
+    return statistics.median(out) if out else None
 
 
 def measure_paired(step: Step, base: Step, seconds: float,
