@@ -38,11 +38,20 @@ cdef struct fp_seq_run:
     int32_t sa          # the SA
     int32_t ep          # endpoint read when the run began: all its packets use it
     uint32_t want       # its packets in this batch
-    uint32_t at         # its slot in fp_out_state.run_at
+    uint32_t at         # its slot in the fp_run_index
     uint64_t next       # next number granted to it
     uint64_t end        # one past the last granted
     uint64_t pk         # its packets framed, and their bytes (counted once sealed)
     uint64_t by
+
+# SA -> its run in the batch (encap): open addressing at the top bits of the SA
+# index times the engine's random odd multiplier; -1 = empty, and empty again
+# after pass 1. At least twice as many slots as runs.
+cdef struct fp_run_index:
+    int32_t *slot
+    uint32_t mask
+    uint32_t mul
+    uint32_t shift
 
 # encap classification state of one batch: the mobile node of the previous
 # packet, and whether the next packet to it can take the fast path.
@@ -60,10 +69,7 @@ cdef struct fp_out_state:
     int nruns
     int nj
     fp_seq_run *runs    # the engine's, one per packet at most
-    int32_t *run_at     # SA -> run: open addressing, -1 = empty (empty again after pass 1)
-    uint32_t run_mask
-    uint32_t run_mul    # the engine's random odd multiplier, and the shift that takes
-    uint32_t run_shift  # the product's top bits: the slot of an SA
+    fp_run_index *index # the engine's
 
 # decap classification state of one batch: the SA of the previous ESP packet.
 cdef struct fp_in_state:
@@ -92,10 +98,7 @@ cdef class Engine:
     cdef fp_job *jobs
     cdef fp_binding_rec *bindings
     cdef fp_seq_run *runs               # encap's reservations (fp_out_state)
-    cdef int32_t *run_at
-    cdef uint32_t run_mask
-    cdef uint32_t run_mul
-    cdef uint32_t run_shift
+    cdef fp_run_index run_index
     cdef int n_bindings
     cdef uint8_t *rnd
     cdef int rnd_pos

@@ -62,24 +62,25 @@ cdef extern from "<stdlib.h>" nogil:
 
 cdef inline int32_t run_of(fp_out_state *st, int32_t s) noexcept nogil:
     """SA s's reservation run in this batch, begun (with the endpoint just
-    read, st.e) at its first packet. st.run_at maps SAs to runs, at the top
-    bits of s times a random odd multiplier: SA indices that share their low
-    bits do not share a slot, and which ones do cannot be known from outside
-    (a sender choosing destinations could otherwise line them up in one
-    probe chain)."""
-    cdef uint32_t i = (<uint32_t>s * st.run_mul) >> st.run_shift
+    read, st.e) at its first packet, found through st.index. Its slot is
+    taken from the product's top bits: SA indices that share their low bits
+    do not share a slot, and which ones do cannot be known from outside (a
+    sender choosing destinations could otherwise line them up in one probe
+    chain)."""
+    cdef fp_run_index *x = st.index
+    cdef uint32_t i = (<uint32_t>s * x.mul) >> x.shift
     cdef int32_t r
     cdef fp_seq_run *rn
     while True:
-        r = st.run_at[i]
+        r = x.slot[i]
         if r < 0:
             break
         if st.runs[r].sa == s:
             return r
-        i = (i + 1) & st.run_mask
+        i = (i + 1) & x.mask
     r = st.nruns
     st.nruns += 1
-    st.run_at[i] = r
+    x.slot[i] = r
     rn = &st.runs[r]
     rn.sa = s
     rn.ep = st.e
@@ -475,7 +476,7 @@ cdef class Engine:
         free(self.jobs)
         free(self.bindings)
         free(self.runs)
-        free(self.run_at)
+        free(self.run_index.slot)
         free(self.rnd)
 
     cdef int _reserve(self, Batch b) except -1:
@@ -488,8 +489,8 @@ cdef class Engine:
     cdef int _per_batch_alloc(self, int n) except -1:
         """The work arrays for batches of up to n packets: jobs, bindings (the
         ones not yet taken are kept), and encap's reservation runs with their
-        SA -> run table (at least twice as many slots as runs, all empty)."""
-        cdef uint32_t slots, bits = 1
+        SA -> run index (fp_run_index)."""
+        cdef uint32_t bits = 1, slots
         cdef uint32_t mul
         cdef fp_job *jobs
         cdef fp_binding_rec *bindings
@@ -497,9 +498,9 @@ cdef class Engine:
         cdef int32_t *run_at
         if n < 1 or n > MAX_JOBS:
             raise ValueError(f"batch size {n} outside 1..{MAX_JOBS}")
-        slots = pow2_at_least(2 * <uint64_t>n)
-        while (<uint32_t>1 << bits) < slots:
+        while (<uint32_t>1 << bits) < 2 * <uint32_t>n:
             bits += 1
+        slots = <uint32_t>1 << bits
         if RAND_bytes(<unsigned char *>&mul, sizeof(mul)) != 1:
             raise RuntimeError("RAND_bytes failed")
         jobs = _jobs_alloc(n)
@@ -517,15 +518,15 @@ cdef class Engine:
         free(self.jobs)
         free(self.bindings)
         free(self.runs)
-        free(self.run_at)
+        free(self.run_index.slot)
         self.jobs = jobs
         self.bindings = bindings
         self.runs = runs
-        self.run_at = run_at
-        memset(self.run_at, 0xFF, slots * sizeof(int32_t))
-        self.run_mask = slots - 1
-        self.run_mul = mul | 1
-        self.run_shift = 32 - bits
+        memset(run_at, 0xFF, slots * sizeof(int32_t))
+        self.run_index.slot = run_at
+        self.run_index.mask = slots - 1
+        self.run_index.mul = mul | 1
+        self.run_index.shift = 32 - bits
         self.max_jobs = n
         return 0
 
@@ -824,10 +825,7 @@ cdef class Engine:
         st.nruns = 0
         st.nj = 0
         st.runs = self.runs
-        st.run_at = self.run_at
-        st.run_mask = self.run_mask
-        st.run_mul = self.run_mul
-        st.run_shift = self.run_shift
+        st.index = &self.run_index
         # Fail closed: a packet leaves only once it has been framed (ESP,
         # sealed: _count_out drops a job that failed) or tunnelled in the clear.
         memset(b.c_verdict, V_DROP, b.count)
@@ -907,8 +905,8 @@ cdef class Engine:
         if want:
             st.runs[run].want += want
         st.nj = nj
-        for r in range(st.nruns):                # the SA -> run table, empty again
-            st.run_at[st.runs[r].at] = -1
+        for r in range(st.nruns):                # the SA -> run index, empty again
+            st.index.slot[st.runs[r].at] = -1
 
     cdef void _classify_one(self, Batch b, int i, uint8_t *p, int32_t n,
                             fp_out_state *st) noexcept nogil:

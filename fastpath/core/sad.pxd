@@ -96,13 +96,6 @@ cdef struct fp_sad:
     uint8_t role
 
 
-cdef inline uint32_t pow2_at_least(uint64_t n) noexcept nogil:
-    cdef uint64_t p = 1
-    while p < n:
-        p <<= 1
-    return <uint32_t>p
-
-
 cdef inline uint64_t hoa_hash(const uint8_t *a) noexcept nogil:
     # Every input bit must reach the low (slot) bits: home addresses often
     # differ only in their last byte (::10, ::11, ...). MurmurHash3's 64-bit

@@ -32,6 +32,13 @@ DIRECTIONS = {"in": DIR_IN, "out": DIR_OUT}
 cdef object _ISSUER = object()   # private token: only this module mints VerifiedBinding
 
 
+cdef inline uint32_t _pow2_at_least(uint64_t n) noexcept:
+    cdef uint64_t p = 1
+    while p < n:
+        p <<= 1
+    return <uint32_t>p
+
+
 cdef inline void *_aligned_zero(size_t n):
     cdef size_t sz = (n + 63) & ~(<size_t>63)
     cdef void *p = aligned_alloc(64, sz if sz else 64)
@@ -119,10 +126,10 @@ cdef class SADatabase:
         self.t.hot = <fp_sa_hot *>_aligned_zero(sa_capacity * sizeof(fp_sa_hot))
         self.t.drops = <fp_sa_drops *>calloc(sa_capacity, sizeof(fp_sa_drops))
         self.t.mns = <fp_mn *>calloc(mn_capacity, sizeof(fp_mn))
-        self.t.spi_mask = pow2_at_least(2 * sa_capacity) - 1
+        self.t.spi_mask = _pow2_at_least(2 * sa_capacity) - 1
         self.t.spi_keys = <uint32_t *>calloc(self.t.spi_mask + 1, sizeof(uint32_t))
         self.t.spi_vals = <int32_t *>calloc(self.t.spi_mask + 1, sizeof(int32_t))
-        self.t.mn_mask = pow2_at_least(2 * mn_capacity) - 1
+        self.t.mn_mask = _pow2_at_least(2 * mn_capacity) - 1
         self.t.mn_slots = <int32_t *>malloc((self.t.mn_mask + 1) * sizeof(int32_t))
         self.t.cap_eps = 2 * mn_capacity + 64
         self.t.eps = <fp_endpoint *>_aligned_zero(self.t.cap_eps * sizeof(fp_endpoint))
@@ -257,7 +264,7 @@ cdef class SADatabase:
         sa.esp_align = algorithm.align
         if d == DIR_IN and replay_window > 0:
             sa.window = replay_window
-            sa.nbits = pow2_at_least(replay_window if replay_window > 64 else 64)
+            sa.nbits = _pow2_at_least(replay_window if replay_window > 64 else 64)
             sa.bitmap = <uint64_t *>calloc(sa.nbits // 64, sizeof(uint64_t))
             if sa.bitmap == NULL:
                 raise MemoryError()
